@@ -109,9 +109,15 @@ def export_onnx(folder: Path, out_dir: Path, pooling: str, normalize: bool, max_
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic (weight-only int8, activations quantised on the fly) quantisation."""
+    """Dynamic quantisation: int8 weights per output channel, activations quantised on the fly.
+
+    Per-channel weights with ``reduce_range`` (7-bit) were measured best on the Lee benchmark:
+    per-tensor int8 lost 0.005 (minilm) / 0.044 (mpnet) Pearson, per-channel without
+    reduce_range collapsed (u8s8 overflow on AVX2), per-channel + reduce_range loses ~0.00 / 0.011
+    and is also the fastest variant.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     _log(f"quantizing {fp32_path.name} -> {int8_path.name}")
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
-                     per_channel=False, reduce_range=False)
+                     per_channel=True, reduce_range=True)

@@ -24,7 +24,7 @@ USER_REGISTRY_NAME = "user-registry.toml"
 
 # Build settings shared by every encoder; part of the artifact key.
 ONNX_OPSET = 17
-BUILD_SETTINGS: dict[str, Any] = {"opset": ONNX_OPSET, "quantization": "dynamic-qint8-per-tensor"}
+BUILD_SETTINGS: dict[str, Any] = {"opset": ONNX_OPSET, "quantization": "dynamic-qint8-per-channel-reduce-range"}
 # Source files whose content determines the built artifacts.
 _BUILD_CODE = ("export.py", "build.py", "sources.py")
 
