@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from .cache import build_cache
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware, configure_logging
+from .metrics import EncodeTimingMiddleware, ServiceMetrics
+from .routers import metrics as metrics_router
 from .routers import embeddings, health, models, similarity
 from .services.embedding import EmbeddingService
 from .services.encoders import EncoderPool
@@ -76,7 +78,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for r in (health.router, models.router, embeddings.router, similarity.router):
         app.include_router(r)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Metrics: a per-app registry; request counts/latency come from the middleware's observe hook,
+    # encoder wait/inference from EncodeTimingMiddleware (added first, so it runs inside).
+    app.state.metrics = ServiceMetrics(lambda: getattr(app.state, "svc", None))
+    app.include_router(metrics_router.router)
+    app.add_middleware(EncodeTimingMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+                       observe=app.state.metrics.observe)
     return app
 
 
