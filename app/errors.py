@@ -49,6 +49,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.type, exc.message, exc.details, exc.headers)
 
+    from index.errors import IndexServiceError
+
+    @app.exception_handler(IndexServiceError)
+    async def _index_error(_: Request, exc: IndexServiceError) -> JSONResponse:
+        return error_response(exc.http_status, exc.type, exc.message, _jsonable(exc.details))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),

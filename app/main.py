@@ -14,7 +14,8 @@ from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware, configure_logging
 from .metrics import EncodeTimingMiddleware, ServiceMetrics
 from .routers import metrics as metrics_router
-from .routers import embeddings, health, models, similarity
+from .routers import collections, embeddings, health, models, similarity
+from .services.collections import CollectionService
 from .services.embedding import EmbeddingService
 from .services.encoders import EncoderPool
 from .settings import Settings, get_settings
@@ -28,6 +29,7 @@ class ServiceState:
     pool: EncoderPool
     embedding: EmbeddingService
     cache: Any = None
+    collections: Any = None
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -57,7 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             key_prefix=settings.cache_prefix)
         svc = ServiceState(settings=settings, pool=pool,
                            embedding=EmbeddingService(pool, settings, cache), cache=cache)
+        svc.collections = CollectionService(settings, svc.embedding, cache)
         pool.start()
+        svc.collections.start()
         app.state.svc = svc
         svc.ready = True
         log.info("service ready", extra={"fields": {"models": sorted(pool.loaded)}})
@@ -65,7 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             svc.ready = False
+            # Order matters for a graceful stop: finish queued encodes, then flush index
+            # snapshots and close the stores.
             await pool.stop()
+            await svc.collections.stop()
             await cache.aclose()
             log.info("service stopped")
 
@@ -76,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for r in (health.router, models.router, embeddings.router, similarity.router):
+    for r in (health.router, models.router, embeddings.router, similarity.router, collections.router):
         app.include_router(r)
     # Metrics: a per-app registry; request counts/latency come from the middleware's observe hook,
     # encoder wait/inference from EncodeTimingMiddleware (added first, so it runs inside).
