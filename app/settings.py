@@ -5,7 +5,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,8 +65,6 @@ class Settings(BaseSettings):
     api_keys: str = ""                        # "key:scope,key2:scope"; empty = auth off
     api_keys_file: Path | None = None
     cors_origins: str = ""                    # comma-separated; empty = CORS off
-
-    extra_fields: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     def model_list(self) -> list[str]:
         return [m.strip() for m in self.models.split(",") if m.strip()]

@@ -24,25 +24,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import CollectionConfig
-from .errors import (CollectionNotFound, DocumentNotFound, IndexServiceError, InvalidArgument,
-                     InvalidFilter, InvalidVector, StorageError, storage_error_from)
+from .errors import (CollectionNotFound, DimensionMismatch, DocumentNotFound, IndexServiceError,
+                     InvalidArgument, InvalidFilter, InvalidVector, StorageError,
+                     storage_error_from)
 from .filters import CompiledFilter, parse_filter
 from .locks import RWLock
-from .snapshot import SnapshotCorrupt, read_snapshot, write_snapshot
+from .persistence import build_index_from_store, load_index_snapshot, write_index_snapshot
+from .snapshot import SnapshotCorrupt
 from .store import DocumentStore, NewDocument, StoredDocument
 from .types import (DeleteResult, Document, DocumentIn, DocumentPage, FilterLimits, SearchHit,
                     SnapshotPolicy, UpsertResult)
-from .vector_index import VectorIndex, create_index, index_from_parts, prepare_vectors
+from .validation import check_ids, check_metadata
+from .vector_index import VectorIndex, prepare_vectors
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "documents.sqlite3"
 SNAPSHOT_FILE = "index.snapshot"
 LOCK_FILE = "collection.lock"
-SNAPSHOT_FORMAT = 1
-MAX_ID_LENGTH = 256
 MAX_TOP_K = 1000
-MAX_METADATA_DEPTH = 32
 
 
 class Collection:
@@ -86,68 +86,32 @@ class Collection:
                                "object", {"collection": self.name}, 503) from None
         return fd
 
-    def _new_index(self) -> VectorIndex:
-        return create_index(self.config.index, self.config.dim, self.config.metric,
-                            exact_subset_max=self._exact_subset_max)
-
     def _load_index(self) -> tuple[VectorIndex, int]:
         path = self.directory / SNAPSHOT_FILE
         try:
-            header, blobs = read_snapshot(path)
-            seq = int(header["seq"])
-            if header.get("format") != SNAPSHOT_FORMAT or header.get("uid") != self.uid \
-                    or header.get("config") != self.config.to_dict():
-                raise SnapshotCorrupt("snapshot belongs to another collection or config")
-            if not self._store.pruned_upto <= seq <= self._store.last_seq:
-                raise SnapshotCorrupt(f"snapshot seq {seq} cannot be replayed by the store")
-            index = index_from_parts(header["index"], blobs,
-                                     exact_subset_max=self._exact_subset_max)
-            changes = self._store.changes_since(seq)
-            index.remove(changes.removed_iids)
-            index.add(changes.added_iids, changes.added_vectors)
-            if index.ntotal != self._store.count():
-                raise SnapshotCorrupt("index and store disagree after replay")
-            self._snapshot_seq = seq
+            index, applied, self._snapshot_seq, replayed = load_index_snapshot(
+                path, self._store, uid=self.uid, config=self.config,
+                exact_subset_max=self._exact_subset_max)
             log.info("collection %s: loaded index snapshot at seq %d, replayed %d changes",
-                     self.name, seq, len(changes.added_iids) + len(changes.removed_iids))
-            return index, changes.upto_seq
-        except (SnapshotCorrupt, ValueError, KeyError, TypeError) as exc:
-            missing = isinstance(exc, SnapshotCorrupt) and not path.exists()
-            if not (missing and self._store.count() == 0):
+                     self.name, self._snapshot_seq, replayed)
+            return index, applied
+        except SnapshotCorrupt as exc:
+            if path.exists() or self._store.count():
                 log.warning("collection %s: index snapshot unusable (%s); rebuilding the index "
                             "from the document store", self.name, exc)
             index, seq = self._build_from_store()
-            if len(index.live_ids()):
+            if index.ntotal:
                 self._try_snapshot(index, seq)
             return index, seq
 
     def _build_from_store(self) -> tuple[VectorIndex, int]:
-        """A fresh index with every stored vector.  Callers ensure no write runs meanwhile."""
-        seq = self._store.last_seq
-        index = self._new_index()
-        for iids, vectors in self._store.iter_vectors():
-            index.add(iids, vectors)
-        if index.needs_rebuild():
-            index = index.rebuilt()
-        return index, seq
+        return build_index_from_store(self._store, self.config, self._exact_subset_max)
 
     # ------------------------------------------------------------------ validation helpers
     def _check_open(self) -> None:
         if self._closed:
             raise CollectionNotFound(f"collection {self.name!r} was deleted or closed",
                                      {"collection": self.name})
-
-    @staticmethod
-    def _check_ids(ids: Any, what: str = "ids") -> list[str]:
-        if isinstance(ids, str) or not isinstance(ids, Sequence):
-            raise InvalidArgument(f"{what} must be a list of strings")
-        for value in ids:
-            if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LENGTH \
-                    or "\x00" in value:
-                raise InvalidArgument(f"document ids must be non-empty strings of at most "
-                                      f"{MAX_ID_LENGTH} characters without NUL",
-                                      {"id": str(value)[:100]})
-        return list(ids)
 
     def _compile(self, spec: Any) -> CompiledFilter:
         return parse_filter(spec, max_depth=self.filter_limits.max_depth,
@@ -159,18 +123,34 @@ class Collection:
             raise InvalidVector(f"{what}: a zero vector has no cosine similarity")
         return array
 
+    def _document_vectors(self, docs: Sequence[DocumentIn], ids: list[str]) -> np.ndarray:
+        """[n, dim] float32, checked one document at a time so errors name the document."""
+        if not docs:
+            return np.empty((0, self.config.dim), np.float32)
+        for doc, doc_id in zip(docs, ids):
+            if doc.vector is None or isinstance(doc.vector, (str, bytes)):
+                raise InvalidVector(f"document {doc_id!r} needs a vector: a list of "
+                                    f"{self.config.dim} numbers", {"id": doc_id})
+            shape = np.shape(doc.vector)
+            if shape != (self.config.dim,):
+                got = shape[0] if len(shape) == 1 else list(shape)
+                raise DimensionMismatch(
+                    f"vector of document {doc_id!r} has dimension {got}, the collection "
+                    f"expects {self.config.dim}",
+                    {"expected": self.config.dim, "got": got, "id": doc_id})
+        return self._vectors([d.vector for d in docs], "document vector")
+
     # ------------------------------------------------------------------ writes
     def upsert(self, docs: Sequence[DocumentIn]) -> UpsertResult:
         """Insert or replace documents (one transaction).  When this returns, the batch is
         committed; a replaced document's old vector is never found again."""
         ids = [d.id if d.id is not None else uuid.uuid4().hex for d in docs]
-        self._check_ids(ids)
+        check_ids(ids)
         for doc, doc_id in zip(docs, ids):
             if not isinstance(doc.text, str):
                 raise InvalidArgument("text must be a string", {"id": doc_id})
-            _check_metadata(doc.metadata, doc_id)
-        vectors = self._vectors([d.vector for d in docs], "document vector") if docs \
-            else np.empty((0, self.config.dim), np.float32)
+            check_metadata(doc.metadata, doc_id)
+        vectors = self._document_vectors(docs, ids)
         last = {doc_id: i for i, doc_id in enumerate(ids)}  # a repeated id: the last one wins
         rows = [NewDocument(doc_id, docs[i].text, docs[i].metadata, vectors[i])
                 for doc_id, i in last.items()]
@@ -199,7 +179,7 @@ class Collection:
         self._applied_seq = seq
 
     def delete(self, ids: Sequence[str]) -> DeleteResult:
-        ids = self._check_ids(ids)
+        ids = check_ids(ids)
         with self._write_mutex:
             self._check_open()
             with self._rw.write():
@@ -252,14 +232,12 @@ class Collection:
 
     # ------------------------------------------------------------------ snapshots
     def _write_snapshot(self, index: VectorIndex, seq: int) -> int:
-        header, blobs = index.to_parts()
-        size = write_snapshot(self.directory / SNAPSHOT_FILE,
-                              {"format": SNAPSHOT_FORMAT, "seq": seq, "uid": self.uid,
-                               "config": self.config.to_dict(), "index": header}, blobs)
+        size = write_index_snapshot(self.directory / SNAPSHOT_FILE, index, seq=seq,
+                                    uid=self.uid, config=self.config)
         self._snapshot_seq = seq
         self._writes_since_snapshot = 0
         self._last_snapshot_time = time.monotonic()
-        self._store.prune_deletions(seq)
+        self._store.prune_deletions(seq)  # only once the snapshot is durable
         return size
 
     def _try_snapshot(self, index: VectorIndex, seq: int) -> None:
@@ -274,6 +252,17 @@ class Collection:
             self._check_open()
             size = self._write_snapshot(self._index, self._applied_seq)
             return {"seq": self._snapshot_seq, "bytes": size}
+
+    def export_files(self, directory: Path) -> dict[str, int]:
+        """Write a consistent copy of the collection into ``directory``: the document store
+        (SQLite online backup) and an index snapshot of the same seq.  Writes wait meanwhile;
+        searches go on.  Used by :mod:`index.archive`."""
+        with self._write_mutex:
+            self._check_open()
+            write_index_snapshot(Path(directory) / SNAPSHOT_FILE, self._index,
+                                 seq=self._applied_seq, uid=self.uid, config=self.config)
+            self._store.backup_to(Path(directory) / STORE_FILE)
+            return {"seq": self._applied_seq, "count": self._store.count()}
 
     def maybe_snapshot(self) -> bool:
         """Apply the snapshot policy now (for a periodic caller); True if one was written."""
@@ -295,7 +284,7 @@ class Collection:
 
     def get(self, ids: Sequence[str], *, include_vector: bool = False) -> list[Document]:
         """Documents by id in the requested order; unknown ids are skipped."""
-        ids = self._check_ids(ids)
+        ids = check_ids(ids)
         self._check_open()
         return [_document(d) for d in self._store.get(ids, vector=include_vector)]
 
@@ -308,7 +297,7 @@ class Collection:
 
     def vector_of(self, ids: Sequence[str]) -> np.ndarray:
         """Stored vectors [n, dim] in the requested order; DocumentNotFound if any is missing."""
-        docs = self._get_all(self._check_ids(ids))
+        docs = self._get_all(check_ids(ids))
         return np.stack([d.vector for d in docs]) if docs \
             else np.empty((0, self.config.dim), np.float32)
 
@@ -348,8 +337,8 @@ class Collection:
         """Documents like ``positive_ids`` and unlike ``negative_ids``: the query is
         mean(positive) - negative_weight * mean(negative) (vectors normalised first for
         cosine); the example documents themselves are never returned."""
-        positive = self._check_ids(positive_ids, "positive ids")
-        negative = self._check_ids(negative_ids, "negative ids")
+        positive = check_ids(positive_ids, "positive ids")
+        negative = check_ids(negative_ids, "negative ids")
         if not positive:
             raise InvalidArgument("recommend needs at least one positive id")
         if not isinstance(negative_weight, (int, float)) or not math.isfinite(negative_weight):
@@ -445,26 +434,3 @@ class Collection:
 def _document(doc: StoredDocument) -> Document:
     return Document(doc.id, doc.text, doc.metadata, doc.vector)
 
-
-def _check_metadata(metadata: Any, doc_id: str) -> None:
-    if not isinstance(metadata, dict):
-        raise InvalidArgument("metadata must be a JSON object", {"id": doc_id})
-
-    def walk(value: Any, depth: int) -> None:
-        if depth > MAX_METADATA_DEPTH:
-            raise InvalidArgument(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels",
-                                  {"id": doc_id})
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise InvalidArgument("metadata keys must be strings", {"id": doc_id})
-                walk(item, depth + 1)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item, depth + 1)
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise InvalidArgument("metadata numbers must be finite", {"id": doc_id})
-        elif value is not None and not isinstance(value, (str, int, float, bool)):
-            raise InvalidArgument(f"metadata values must be JSON (got {type(value).__name__})",
-                                  {"id": doc_id})
-    walk(metadata, 0)

@@ -3,7 +3,6 @@ comparable, so creating a collection twice with equivalent settings is recognise
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -109,6 +108,3 @@ class CollectionConfig:
         return {"dim": self.dim, "metric": self.metric, "model": self.model,
                 "index": self.index.to_dict()}
 
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -75,6 +75,7 @@ _ISO_RE = re.compile(
 _BAD_FIELD_CHARS = re.compile(r'["\\\x00-\x1f\x7f]')
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 Scalar = Union[str, int, float, bool, None]
 
@@ -190,8 +191,16 @@ class _Parser:
             return Condition(path, "exists", operand)
         raise self.fail(where, f"unknown operator {op!r} (allowed: {', '.join(_FIELD_OPS)})")
 
+    def check_int(self, value: int, where: str, op: str) -> int:
+        # SQLite integers are 64-bit: a larger one cannot be bound as a parameter
+        if not isinstance(value, bool) and not _INT64_MIN <= value <= _INT64_MAX:
+            raise self.fail(where, f"{op} expects a number; integers must fit in 64 bits")
+        return value
+
     def scalar(self, value: Any, where: str, op: str) -> Scalar:
-        if value is None or isinstance(value, (str, bool, int)):
+        if isinstance(value, int):
+            return self.check_int(value, where, op)
+        if value is None or isinstance(value, (str, bool)):
             return value
         if isinstance(value, float):
             if not math.isfinite(value):
@@ -202,7 +211,9 @@ class _Parser:
                         f"got {_kind(value)}{hint}")
 
     def range_operand(self, value: Any, where: str, op: str) -> tuple[str, int | float]:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return ("number", self.check_int(value, where, op))
+        if isinstance(value, float):
             if not math.isfinite(value):
                 raise self.fail(where, f"{op} expects a finite number, got {value}")
             return ("number", value)

@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from .archive import (ArchiveInfo, check_archive_name, create_archive, list_archives,
+                      stage_archive, swap_into_place)
 from .collection import Collection
 from .config import CollectionConfig
 from .errors import (CollectionConflict, CollectionNotFound, IndexServiceError, InvalidName,
@@ -56,6 +58,7 @@ class CollectionManager:
                  filter_limits: FilterLimits | None = None,
                  exact_subset_max: int | None = None) -> None:
         self.root = Path(data_dir) / "collections"
+        self.snapshots_root = Path(data_dir) / "snapshots"  # archives: <name>/<timestamp>.tar
         self._options: dict[str, Any] = {"snapshot_policy": snapshot_policy,
                                          "filter_limits": filter_limits,
                                          "exact_subset_max": exact_subset_max}
@@ -166,6 +169,57 @@ class CollectionManager:
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._collections)
+
+    # ------------------------------------------------------------------ archives
+    def snapshot_dir(self, name: str) -> Path:
+        return self.snapshots_root / validate_name(name)
+
+    def archive(self, name: str) -> ArchiveInfo:
+        """Write a consistent archive of a live collection (see index/archive.py)."""
+        return create_archive(self.get(name), self.snapshot_dir(name))
+
+    def archives(self, name: str) -> list[ArchiveInfo]:
+        return list_archives(self.snapshot_dir(name))
+
+    def archive_path(self, name: str, snapshot: str) -> Path:
+        return self.snapshot_dir(name) / check_archive_name(snapshot)
+
+    def restore(self, name: str, archive: Path) -> Collection:
+        """Replace collection ``name`` (or create it) with an archive's contents.  The archive
+        is verified and staged first, so a bad one leaves the live collection untouched; the
+        restored collection gets a new uid.  In-flight requests on the old one finish first
+        (closing waits for them); requests that already hold it then see it closed."""
+        path = self._path(name)
+        staging: Path | None = stage_archive(archive, self.root, name, config_format=CONFIG_FORMAT)
+        trash: Path | None = None
+        try:
+            with self._lock:
+                old = self._collections.pop(name, None)
+                if old is not None:
+                    old.close(snapshot=False)
+                assert staging is not None
+                trash = swap_into_place(staging, path)
+                staging = None
+                try:
+                    collection = self._open(path)
+                except Exception:
+                    log.exception("restored collection %s cannot be opened; putting back the "
+                                  "previous one", name)
+                    if trash is not None:
+                        trash = swap_into_place(trash, path)  # trash: the failed copy now
+                        if old is not None:
+                            self._collections[name] = self._open(path)
+                    else:
+                        trash = self.root / f".trash-{uuid.uuid4().hex}"
+                        os.rename(path, trash)
+                    raise
+                self._collections[name] = collection
+                self.failed.pop(name, None)
+                return collection
+        finally:
+            for leftover in (staging, trash):
+                if leftover is not None:
+                    shutil.rmtree(leftover, ignore_errors=True)
 
     def maybe_snapshot_all(self) -> int:
         """Apply every collection's snapshot policy (for a periodic task); returns how many

@@ -371,6 +371,11 @@ class DocumentStore:
         return self._read("read store state", lambda c: self._meta(c, "last_seq"))
 
     @property
+    def write_version(self) -> int:
+        """For cache invalidation: changes with every committed write (= ``last_seq``)."""
+        return self.last_seq
+
+    @property
     def pruned_upto(self) -> int:
         return self._read("read store state", lambda c: self._meta(c, "pruned_upto"))
 
@@ -402,6 +407,22 @@ class DocumentStore:
             yield (np.array([r[0] for r in rows], dtype=np.int64),
                    np.stack([self._decode(b) for _, b in rows]))
             after = rows[-1][0]
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy of the whole database in ``path`` (SQLite online backup API; no
+        write can run meanwhile), as one self-contained file (rollback journal mode)."""
+        with self._write_lock:
+            if self._closed:
+                raise StorageError("the document store is closed", {"path": str(self.path)})
+            try:
+                target = sqlite3.connect(path, isolation_level=None)
+                try:
+                    self._writer.backup(target)
+                    target.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    target.close()
+            except sqlite3.Error as exc:
+                raise storage_error_from(exc, "back up the document store") from exc
 
     def disk_bytes(self) -> int:
         total = 0
