@@ -312,7 +312,7 @@ def ensure_collection(client: httpx.Client, collection: str, model: str | None, 
 def ingest_file(path: Path, collection: str, client: httpx.Client, *, batch_size: int = 64,
                 max_batch_bytes: int = 4 * 1024 * 1024, fmt: str = "auto", delimiter: str = ",",
                 state_path: Path | None = None, restart: bool = False, progress: bool = True,
-                report_stream: IO[str] | None = None) -> IngestReport:
+                retries: int = 5, report_stream: IO[str] | None = None) -> IngestReport:
     out = report_stream or sys.stderr
     fmt = detect_format(path, fmt)
     if fmt == "csv" and path.suffix.lower() == ".tsv" and delimiter == ",":
@@ -324,7 +324,7 @@ def ingest_file(path: Path, collection: str, client: httpx.Client, *, batch_size
     if offset:
         print(f"resuming {path.name} at line {line + 1} (byte {offset}); --restart to start over",
               file=out)
-    uploader = Uploader(client, collection)
+    uploader = Uploader(client, collection, retries=retries)
     size = path.stat().st_size
     bar = Progress(size, offset, enabled=progress, stream=out)
 
@@ -356,7 +356,7 @@ def ingest_file(path: Path, collection: str, client: httpx.Client, *, batch_size
                 continue
             n = len(json.dumps(row.doc, ensure_ascii=False).encode())
             if batch and (len(batch) >= batch_size or batch_bytes + n > max_batch_bytes):
-                commit(batch, batch[-1] if batch[-1] is not last else last)
+                commit(batch, batch[-1])
                 batch, batch_bytes = [], 0
             batch.append(row)
             batch_bytes += n

@@ -88,7 +88,7 @@ class EncodeTimingMiddleware:
             await self.app(scope, receive, send)
         finally:
             t = current_timings.get()
-            if t is not None and t.encoded:
+            if t is not None and t.batch_size > 0:  # the encoder ran (not all cache hits)
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
                 try:
                     self.metrics.observe_encoding(route, t.queue_ms, t.inference_ms)
@@ -107,6 +107,11 @@ def _first_attr(obj: Any, names: Iterable[str]) -> Any:
         if value is not None:
             return value
     return None
+
+
+def _listable(container: Any) -> bool:
+    return isinstance(container, Mapping) or callable(getattr(container, "list", None)) or (
+        callable(getattr(container, "names", None)) and callable(getattr(container, "get", None)))
 
 
 def _items(container: Any) -> list[tuple[str, Any]]:
@@ -243,7 +248,10 @@ class ServiceStateCollector(Collector):
     # -- collections -------------------------------------------------------------------
     def _collections(self, svc: Any) -> Iterator[Metric]:
         manager = _first_attr(svc, ("collections", "collection_manager", "manager"))
-        if manager is None:
+        # a service object wrapping the index-side CollectionManager: use the manager
+        while manager is not None and not _listable(manager) and getattr(manager, "manager", None) is not None:
+            manager = manager.manager
+        if manager is None or not _listable(manager):
             return
         docs = GaugeMetricFamily("semsearch_collection_documents", "Documents stored per collection",
                                  labels=["collection"])
