@@ -8,15 +8,23 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
+from .auth import load_keyring
 from .cache import build_cache
-from .errors import install_error_handlers
+from .errors import ERROR_RESPONSES, install_error_handlers
+from .json_guard import JsonBodyGuard
 from .middleware import RequestContextMiddleware, configure_logging
 from .metrics import EncodeTimingMiddleware, ServiceMetrics
 from .routers import metrics as metrics_router
+from .routers import snapshots as snapshots_router
+from .routers import classify as classify_router
+from .routers import cluster as cluster_router
+from .routers import jobs as jobs_router
 from .routers import collections, embeddings, health, models, similarity
 from .services.collections import CollectionService
 from .services.embedding import EmbeddingService
+from .services.jobs import get_jobs
 from .services.encoders import EncoderPool
 from .settings import Settings, get_settings
 
@@ -62,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         svc.collections = CollectionService(settings, svc.embedding, cache)
         pool.start()
         svc.collections.start()
+        get_jobs(svc)  # background jobs (cluster, classifier training): in memory only
         app.state.svc = svc
         svc.ready = True
         log.info("service ready", extra={"fields": {"models": sorted(pool.loaded)}})
@@ -71,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             svc.ready = False
             # Order matters for a graceful stop: finish queued encodes, then flush index
             # snapshots and close the stores.
+            await get_jobs(svc).aclose()  # cancel jobs first: they use encoders and stores
             await pool.stop()
             await svc.collections.stop()
             await cache.aclose()
@@ -81,17 +91,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Semantic search and similarity over ONNX Sentence-BERT encoders and FAISS",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+        # no 307 to the path without/with a trailing slash: a client that resolves the '..' in a
+        # redirected DELETE could land on another resource; an API answers 404 instead
+        redirect_slashes=False,
     )
     install_error_handlers(app)
+    # Keys are parsed here, so a malformed API_KEYS / API_KEYS_FILE stops the start-up.
+    app.state.keyring = load_keyring(settings.api_keys, settings.api_keys_file)
+    if not app.state.keyring.enabled:
+        loopback = settings.host in ("127.0.0.1", "localhost", "::1")
+        (log.info if loopback else log.warning)(
+            "authentication is off (no API_KEYS / API_KEYS_FILE) while listening on %s", settings.host)
     for r in (health.router, models.router, embeddings.router, similarity.router, collections.router):
+        app.include_router(r)
+    app.include_router(snapshots_router.router)
+    for r in (cluster_router.router, classify_router.router, jobs_router.router):
         app.include_router(r)
     # Metrics: a per-app registry; request counts/latency come from the middleware's observe hook,
     # encoder wait/inference from EncodeTimingMiddleware (added first, so it runs inside).
     app.state.metrics = ServiceMetrics(lambda: getattr(app.state, "svc", None))
     app.include_router(metrics_router.router)
     app.add_middleware(EncodeTimingMiddleware, metrics=app.state.metrics)
+    app.add_middleware(JsonBodyGuard)  # NaN/Infinity/overflow/lone surrogates -> 422
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        observe=app.state.metrics.observe)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # off by default; outermost, so errors (401, 413...) carry the CORS headers too
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "X-Process-Time-Ms", "Retry-After"])
     return app
 
 

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from index import validate_name
 
+from ..auth import require_scope
 from ..deps import state
 from ..errors import ApiError
 from ..schemas.collections import (BatchSearchRequest, BatchSearchResponse, CreateCollection,
@@ -16,9 +17,11 @@ from ..schemas.collections import (BatchSearchRequest, BatchSearchResponse, Crea
                                    UpsertResponse)
 from ..services.collections import run_sync
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(prefix="/v1/collections", tags=["collections"], dependencies=[Depends(require_scope("read"))])
+WRITE = [Depends(require_scope("write"))]  # on top of the router-wide read scope
 
-NamePath = Path(..., description="letters, digits, '-' and '_' (1-64 characters)", max_length=64)
+NamePath = Path(..., description="letters, digits, '-' and '_' (1-64 characters)", max_length=64,
+                pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def _collection(svc: Any, name: str) -> Any:
@@ -32,7 +35,7 @@ async def list_collections(svc: Any = Depends(state)) -> dict[str, Any]:
     return {"collections": [await svc.collections.describe(c) for c in cols]}
 
 
-@router.put("/{name}", summary="Create a collection (idempotent with the same config, 409 otherwise)")
+@router.put("/{name}", dependencies=WRITE, responses={201: {"description": "Created"}}, summary="Create a collection (idempotent with the same config, 409 otherwise)")
 async def create_collection(body: CreateCollection, response: Response, name: str = NamePath,
                             svc: Any = Depends(state)) -> dict[str, Any]:
     validate_name(name)
@@ -46,14 +49,14 @@ async def get_collection(name: str = NamePath, svc: Any = Depends(state)) -> dic
     return await svc.collections.describe(_collection(svc, name))
 
 
-@router.delete("/{name}", summary="Delete a collection and its files")
+@router.delete("/{name}", dependencies=WRITE, summary="Delete a collection and its files")
 async def delete_collection(name: str = NamePath, svc: Any = Depends(state)) -> dict[str, Any]:
     validate_name(name)
     await svc.collections.delete(name)
     return {"deleted": name}
 
 
-@router.post("/{name}/documents", response_model=UpsertResponse,
+@router.post("/{name}/documents", response_model=UpsertResponse, dependencies=WRITE,
              summary="Upsert documents (acknowledged only after the store committed them)")
 async def upsert_documents(body: UpsertRequest, name: str = NamePath,
                            svc: Any = Depends(state)) -> UpsertResponse:
@@ -73,7 +76,7 @@ async def list_documents(name: str = NamePath, cursor: str | None = Query(None, 
                          "next_cursor": page.next_cursor})
 
 
-@router.get("/{name}/documents/{doc_id}", response_model=DocumentOut, response_model_exclude_none=True,
+@router.get("/{name}/documents/{doc_id:path}", response_model=DocumentOut, response_model_exclude_none=True,
             summary="Get one document")
 async def get_document(doc_id: str = Path(..., max_length=256), name: str = NamePath,
                        with_vector: bool = False, svc: Any = Depends(state)) -> DocumentOut:
@@ -81,7 +84,8 @@ async def get_document(doc_id: str = Path(..., max_length=256), name: str = Name
     return _doc(await run_sync(col.get_document, doc_id, include_vector=with_vector))
 
 
-@router.delete("/{name}/documents/{doc_id}", response_model=DeleteResponse, summary="Delete one document")
+@router.delete("/{name}/documents/{doc_id:path}", response_model=DeleteResponse, dependencies=WRITE,
+                summary="Delete one document")
 async def delete_document(doc_id: str = Path(..., max_length=256), name: str = NamePath,
                           svc: Any = Depends(state)) -> DeleteResponse:
     col = _collection(svc, name)
@@ -92,7 +96,7 @@ async def delete_document(doc_id: str = Path(..., max_length=256), name: str = N
     return DeleteResponse(deleted=len(res.deleted), deleted_ids=res.deleted, write_version=res.write_version)
 
 
-@router.post("/{name}/documents/delete", response_model=DeleteResponse,
+@router.post("/{name}/documents/delete", response_model=DeleteResponse, dependencies=WRITE,
              summary="Delete documents by ids or by filter")
 async def delete_documents(body: DeleteRequest, name: str = NamePath,
                            svc: Any = Depends(state)) -> DeleteResponse:

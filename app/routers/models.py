@@ -4,9 +4,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from ..auth import require_scope
 from ..deps import state
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_scope("read"))])
 
 
 @router.get("/models", summary="Registered encoders: dimension, domain, precision, status, metadata")

@@ -5,11 +5,13 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends
 
+from ..auth import require_scope
 from ..deps import state
+from ..errors import ApiError
 from ..schemas.similarity import Pair, PairsRequest, PairsResponse, SimilarityRequest, SimilarityResponse
 from ..services.similarity import mine_pairs
 
-router = APIRouter(prefix="/v1", tags=["similarity"])
+router = APIRouter(prefix="/v1", tags=["similarity"], dependencies=[Depends(require_scope("read"))])
 
 
 @router.post("/similarity", response_model=SimilarityResponse, response_model_exclude_none=True,
@@ -22,6 +24,10 @@ async def similarity(req: SimilarityRequest, svc: Any = Depends(state)) -> Simil
     else:
         first, cut_a = emb.check_texts(req.texts_a or [], "texts_a")
         second, cut_b = emb.check_texts(req.texts_b or [], "texts_b")
+    limit = svc.settings.max_texts_per_request
+    if len(first) + len(second) > limit:  # the limit is per request, not per list
+        raise ApiError(413, "too_many_texts", f"{len(first) + len(second)} texts in one request; "
+                       f"at most {limit}", {"count": len(first) + len(second), "limit": limit})
     out = await emb.embed(req.model, first + second, cut_a + cut_b)
     a, b = out.vectors[: len(first)], out.vectors[len(first):]
     sims = np.clip(a @ b.T, -1.0, 1.0)

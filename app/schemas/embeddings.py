@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,7 +14,8 @@ class EmbeddingsRequest(BaseModel):
 
     input: Union[str, list[str], list[int], list[list[int]]] = Field(
         ..., description="A text or a list of texts (token-id arrays are not supported)")
-    model: str | None = Field(None, description="Encoder name; default: the default encoder")
+    model: str | None = Field(None, description='Encoder name, or "auto" to route each text to its '
+                              'domain encoder; default: the default encoder')
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="Must equal the encoder's dimension if given")
     user: str | None = Field(None, max_length=256)
@@ -25,6 +26,7 @@ class EmbeddingItem(BaseModel):
     index: int
     embedding: Union[list[float], str]
     truncated: bool = Field(False, description="Input was cut to the model's max length or the character limit")
+    route: dict[str, Any] | None = Field(None, description='model="auto" only: {"model", "domain", "confidence"} chosen for this text')
 
 
 class Usage(BaseModel):

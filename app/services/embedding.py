@@ -23,6 +23,8 @@ class Embedded:
     vectors: np.ndarray
     token_counts: list[int]
     truncated: list[bool]
+    # model="auto": per text, the encoder that embedded it and the routed domain + confidence
+    routes: list[dict[str, Any]] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -73,8 +75,60 @@ class EmbeddingService:
     def encoder(self, model: str | None) -> LoadedEncoder:
         return self.pool.get(model)
 
+    def dimension(self, model: str | None) -> int:
+        """Output dimension of ``model``; for "auto", the router's base encoder dimension
+        (every domain encoder is adapted from it, so they agree)."""
+        if model == "auto":
+            if self.pool.router is None:
+                raise ApiError(503, "model_not_available", "model 'auto' needs the domain router")
+            return self.pool.get(self.pool.router.base).encoder.dim
+        return self.pool.get(model).encoder.dim
+
     async def embed(self, model: str | None, texts: Sequence[str],
-                    char_cut: Sequence[bool] | None = None) -> Embedded:
+                    char_cut: Sequence[bool] | None = None, joint: bool = True) -> Embedded:
+        """Embed ``texts``.  ``model="auto"`` routes to domain encoders: with ``joint`` (the
+        default, for anything that compares texts) one encoder is chosen for the whole request
+        from the mean domain probabilities; without it each text gets its own encoder."""
+        if model == "auto":
+            return await self._embed_auto(texts, char_cut, joint)
+        return await self._embed_one(model, texts, char_cut)
+
+    async def _embed_auto(self, texts: Sequence[str], char_cut: Sequence[bool] | None,
+                          joint: bool) -> Embedded:
+        router = self.pool.router
+        if router is None:
+            raise ApiError(503, "model_not_available",
+                           "model 'auto' needs the domain router; build it with: python -m models build --all",
+                           {"available": sorted(self.pool.loaded)})
+        base = await self._embed_one(router.base, texts, char_cut)
+        probs = router.probabilities(base.vectors)
+        labels = list(router.labels)
+        if joint:
+            mean = probs.mean(axis=0)
+            choice = [int(mean.argmax())] * len(texts)
+            conf = [float(mean.max())] * len(texts)
+        else:
+            choice = [int(i) for i in probs.argmax(axis=1)]
+            conf = [float(probs[r, i]) for r, i in enumerate(choice)]
+        names = [self.pool.domain_encoder(labels[c]) for c in choice]
+        routes = [{"model": n, "domain": labels[c], "confidence": round(p, 4)}
+                  for n, c, p in zip(names, choice, conf)]
+        vectors = np.zeros_like(base.vectors)
+        counts, trunc = list(base.token_counts), list(base.truncated)
+        for name in dict.fromkeys(names):
+            idx = [i for i, n in enumerate(names) if n == name]
+            if name == router.base:
+                vectors[idx] = base.vectors[idx]
+                continue
+            sub = await self._embed_one(name, [texts[i] for i in idx],
+                                        [char_cut[i] for i in idx] if char_cut is not None else None)
+            for row, i in enumerate(idx):
+                vectors[i], counts[i], trunc[i] = sub.vectors[row], sub.token_counts[row], sub.truncated[row]
+        model = names[0] if len(set(names)) == 1 else "auto"
+        return Embedded(model=model, vectors=vectors, token_counts=counts, truncated=trunc, routes=routes)
+
+    async def _embed_one(self, model: str | None, texts: Sequence[str],
+                         char_cut: Sequence[bool] | None = None) -> Embedded:
         le = self.pool.get(model)
         n = len(texts)
         dim = le.encoder.dim

@@ -35,6 +35,7 @@ class EncoderPool:
         self.loaded: dict[str, LoadedEncoder] = {}
         self.unavailable: dict[str, str] = {}
         self.default_name = settings.default_model
+        self.router: Any = None          # models.domain_router.DomainRouter, for model="auto"
 
     def load(self) -> None:
         wanted = self.settings.model_list() or list(self.specs)
@@ -65,6 +66,15 @@ class EncoderPool:
                                    enabled=self.settings.micro_batching)
             self.loaded[name] = LoadedEncoder(spec, enc, batcher)
             log.info("loaded encoder %s (%s, dim %d)", name, precision, enc.dim)
+        try:
+            from models.domain_router import DomainRouter
+
+            self.router = DomainRouter.load(self.specs)
+        except Exception:  # a broken router disables "auto", nothing else
+            log.exception("domain router failed to load; model=auto is unavailable")
+            self.router = None
+        if self.router is not None and self.router.base not in self.loaded:
+            self.router = None
         if self.default_name not in self.loaded and self.loaded:
             fallback = next(iter(self.loaded))
             log.warning("default model %s is unavailable; using %s", self.default_name, fallback)
@@ -80,6 +90,10 @@ class EncoderPool:
 
     def get(self, name: str | None) -> LoadedEncoder:
         key = name or self.default_name
+        if key == "auto":
+            raise ApiError(400, "auto_not_supported",
+                           "model 'auto' routes each text to a domain encoder; it is accepted by "
+                           "stateless endpoints only (embeddings, similarity, classify, cluster)")
         if key in self.loaded:
             return self.loaded[key]
         if key in self.unavailable:
@@ -87,6 +101,13 @@ class EncoderPool:
                            {"model": key, "available": sorted(self.loaded)})
         raise ApiError(404, "model_not_found", f"unknown model {key!r}",
                        {"model": key, "available": sorted(self.loaded)})
+
+    def domain_encoder(self, domain: str) -> str:
+        """The loaded encoder serving ``domain`` (its adapted encoder), else the default."""
+        for name, le in self.loaded.items():
+            if le.spec.domain == domain and le.spec.source == "adapted":
+                return name
+        return self.default_name
 
     def describe(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
