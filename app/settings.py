@@ -60,6 +60,8 @@ class Settings(BaseSettings):
 
     # jobs
     max_concurrent_jobs: int = 2
+    max_queued_jobs: int = 64                 # waiting jobs beyond the running ones; then 429
+    job_ttl_s: float = 3600.0                 # finished jobs are kept (in memory) this long
 
     # security
     api_keys: str = ""                        # "key:scope,key2:scope"; empty = auth off
