@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import anyio.to_thread
 import numpy as np
 
-from index import Collection, CollectionManager, DocumentIn, FilterLimits, SearchHit, SnapshotPolicy
+from index import (Collection, CollectionManager, DocumentIn, FilterLimits, SearchHit, SnapshotPolicy,
+                   parse_filter)
 from index.errors import CollectionNotFound
 
 from ..errors import ApiError
@@ -121,6 +122,11 @@ class CollectionService:
             raise ApiError(422, "top_k_too_large", f"top_k {top_k} exceeds the limit {self.settings.max_top_k}",
                            {"limit": self.settings.max_top_k})
 
+    def _check_filter(self, spec: Any) -> None:
+        if spec is not None:
+            parse_filter(spec, max_depth=self.settings.max_filter_depth,
+                         max_conditions=self.settings.max_filter_conditions)
+
     async def _query_vectors(self, col: Collection, reqs: Sequence[SearchRequest]) -> np.ndarray:
         out = np.zeros((len(reqs), col.config.dim), dtype=np.float32)
         text_idx = [i for i, r in enumerate(reqs) if r.query is not None]
@@ -146,6 +152,7 @@ class CollectionService:
     async def search(self, col: Collection, reqs: Sequence[SearchRequest]) -> list[list[Hit]]:
         for r in reqs:
             self._check_top_k(r.top_k)
+            self._check_filter(r.filter)  # malformed / too big: 400 before any encoding
         version = f"{col.uid}:{col.write_version}"   # read before searching: see docstring of cache
         keys: list[str] | None = None
         cached: dict[str, bytes] = {}
