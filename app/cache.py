@@ -146,8 +146,8 @@ class LocalLRU:
     def __init__(self, max_items: int = DEFAULT_LOCAL_MAX_ITEMS,
                  max_bytes: int = DEFAULT_LOCAL_MAX_BYTES, default_ttl_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if max_items < 1 or max_bytes < 1:
-            raise ValueError("max_items and max_bytes must be positive")
+        if max_items < 0 or max_bytes < 0:
+            raise ValueError("max_items and max_bytes must not be negative (0 = no local tier)")
         self.max_items, self.max_bytes, self.default_ttl_s = max_items, max_bytes, default_ttl_s
         self._clock = clock
         self._lock = threading.Lock()

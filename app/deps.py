@@ -8,7 +8,8 @@ from fastapi import Request
 from .errors import ApiError
 
 
-def state(request: Request) -> Any:
+async def state(request: Request) -> Any:
+    # async: a sync dependency would send every request through a worker thread
     st = getattr(request.app.state, "svc", None)
     if st is None:
         raise ApiError(503, "not_ready", "the service is still starting")

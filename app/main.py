@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(EncodeTimingMiddleware, metrics=app.state.metrics)
     app.add_middleware(JsonBodyGuard)  # NaN/Infinity/overflow/lone surrogates -> 422
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
-                       observe=app.state.metrics.observe)
+                       observe=app.state.metrics.observe, log_requests=settings.access_log)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # off by default; outermost, so errors (401, 413...) carry the CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,

@@ -35,8 +35,10 @@ class _BodyTooLarge(Exception):
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int,
-                 observe: Callable[[str, str, int, float], None] | None = None) -> None:
+                 observe: Callable[[str, str, int, float], None] | None = None,
+                 log_requests: bool = True) -> None:
         self.app = app
+        self.log_requests = log_requests
         self.max_body_bytes = max_body_bytes
         self.observe = observe
 
@@ -105,7 +107,7 @@ class RequestContextMiddleware:
         path_tmpl = getattr(route, "path", None) or "unmatched"
         if self.observe is not None:
             self.observe(scope.get("method", "-"), path_tmpl, status, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
+        if self.log_requests and access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"fields": {
                 "request_id": rid, "method": scope.get("method"), "route": path_tmpl,
                 "path": scope.get("path"), "status": status, "latency_ms": round(elapsed * 1000, 2)}})

@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     log_level: str = "info"
     log_json: bool = True
+    access_log: bool = True                   # one JSON line per request
 
     # encoders
     model_cache: Path | None = None           # default: ~/.cache/semsearch/models
@@ -25,6 +26,7 @@ class Settings(BaseSettings):
     encoder_precision: Literal["", "int8", "fp32"] = ""   # "" = each encoder's registry default
     intra_op_threads: int = 0                 # onnxruntime threads per inference; 0 = all cores
     inter_op_threads: int = 1
+    ort_allow_spinning: bool = False          # onnxruntime busy-wait between calls (off: leaves CPU to the event loop)
 
     # micro-batching
     micro_batching: bool = True

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .encoder import OnnxEncoder, Tokenized
+from .encoder import OnnxEncoder, Tokenized, split_sorted
 
 
 class QueueFull(Exception):
@@ -175,16 +175,9 @@ class MicroBatcher:
                 await asyncio.sleep(wait)
             taken = self._take()
             taken.sort(key=lambda ri: ri[0].items[ri[1]].length)
-            start = 0
-            while start < len(taken):
-                end = start
-                while end < len(taken) and \
-                        taken[end][0].items[taken[end][1]].length * (end - start + 1) <= self.max_batch_tokens:
-                    end += 1
-                end = max(end, start + 1)
-                chunk = taken[start:end]
-                start = end
-                await self._infer(loop, chunk)
+            lengths = [r.items[i].length for r, i in taken]
+            for start, end in split_sorted(lengths, self.max_batch_tokens):
+                await self._infer(loop, taken[start:end])
 
     async def _infer(self, loop: asyncio.AbstractEventLoop, chunk: list[tuple[_Request, int]]) -> None:
         t0 = time.perf_counter()

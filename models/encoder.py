@@ -34,12 +34,35 @@ class EncodeResult:
     truncated: list[bool]
 
 
+# A batch may hold at most this many padded tokens per real token.  Padding is pure waste on a
+# CPU (measured: padded/real = 2.0 at batch 32 on real sentences without the bound, and 1.45x
+# the int8 throughput with it).
+MAX_PADDING_RATIO = 1.25
+
+
+def split_sorted(lengths: Sequence[int], max_tokens: int,
+                 max_padding_ratio: float = MAX_PADDING_RATIO) -> list[tuple[int, int]]:
+    """Split ascending ``lengths`` into [start, end) chunks whose padded size (longest x rows)
+    fits ``max_tokens`` and wastes at most ``max_padding_ratio`` padded tokens per real one."""
+    chunks: list[tuple[int, int]] = []
+    start, real = 0, 0
+    for i, width in enumerate(lengths):
+        rows = i - start + 1
+        if rows > 1 and (width * rows > max_tokens or width * rows > max_padding_ratio * (real + width)):
+            chunks.append((start, i))
+            start, real = i, 0
+        real += width
+    if start < len(lengths):
+        chunks.append((start, len(lengths)))
+    return chunks
+
+
 class OnnxEncoder:
     """A built encoder loaded into an onnxruntime session."""
 
     def __init__(self, built: BuiltEncoder, precision: str | None = None,
                  intra_op_threads: int = 0, inter_op_threads: int = 1,
-                 max_batch_tokens: int = 8192) -> None:
+                 max_batch_tokens: int = 8192, allow_spinning: bool = False) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -63,6 +86,8 @@ class OnnxEncoder:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = max(1, inter_op_threads)
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning intra-op threads burn the CPU the event loop needs between calls (2 cores).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self.intra_op_threads = threads
         self.session = ort.InferenceSession(str(built.onnx_path(self.precision)), sess_options=opts,
                                             providers=["CPUExecutionProvider"])
@@ -99,17 +124,8 @@ class OnnxEncoder:
     def plan_batches(self, items: Sequence[Tokenized]) -> list[list[int]]:
         """Group item indices into batches sorted by length under the padded-token budget."""
         order = sorted(range(len(items)), key=lambda i: items[i].length)
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for i in order:
-            width = items[i].length  # sorted ascending: the newest item is the longest
-            if current and width * (len(current) + 1) > self.max_batch_tokens:
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            batches.append(current)
-        return batches
+        chunks = split_sorted([items[i].length for i in order], self.max_batch_tokens)
+        return [order[a:b] for a, b in chunks]
 
     def encode(self, texts: Sequence[str]) -> EncodeResult:
         items = self.tokenize(texts)

@@ -108,7 +108,14 @@ def test_batch_search(client, coll):
 def test_recommend(client, coll):
     r = client.post(f"/v1/collections/{coll}/recommend", json={"positive": ["cat"], "top_k": 2})
     ids = [h["id"] for h in r.json()["results"]]
-    assert ids[0] == "dog" and "cat" not in ids
+    # same order as cosine to the stored vector of "cat", the example itself excluded
+    vecs = {d["id"]: np.array(client.get(f"/v1/collections/{coll}/documents/{d['id']}?with_vector=true").json()["vector"])
+            for d in DOCS}
+    cat = vecs["cat"] / np.linalg.norm(vecs["cat"])
+    expected = sorted((k for k in vecs if k != "cat"), key=lambda k: -float(cat @ vecs[k] / np.linalg.norm(vecs[k])))
+    assert ids == expected[:2] and "cat" not in ids
+    r = client.post(f"/v1/collections/{coll}/recommend", json={"positive": ["cat"], "negative": [expected[0]], "top_k": 4})
+    assert expected[0] not in [h["id"] for h in r.json()["results"]][:1]
     r = client.post(f"/v1/collections/{coll}/recommend", json={"positive": ["missing-id"]})
     assert r.status_code == 404
 

@@ -55,7 +55,8 @@ class EncoderPool:
                 enc = OnnxEncoder(built, precision=precision,
                                   intra_op_threads=self.settings.intra_op_threads,
                                   inter_op_threads=self.settings.inter_op_threads,
-                                  max_batch_tokens=self.settings.batch_max_tokens)
+                                  max_batch_tokens=self.settings.batch_max_tokens,
+                                  allow_spinning=self.settings.ort_allow_spinning)
             except Exception as exc:  # a corrupt artifact must not take the service down
                 self.unavailable[name] = f"failed to load: {exc}"
                 log.exception("encoder %s failed to load", name)
