@@ -7,6 +7,12 @@ data and the held-out split.
 """
 from __future__ import annotations
 
+import os
+
+# torch's OpenMP threads spin while waiting by default; on a shared 2-core machine that makes
+# two threads slower than one.  Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .corpora import DOMAINS, load_corpus
 from .pipeline import adapt_domain
 

@@ -43,6 +43,7 @@ TASKS = {
 class Concept:
     cid: str
     doc: str
+    group: str = ""     # related concepts (same parent / license family / program): hard negatives
     queries: list[tuple[str, str]] = field(default_factory=list)     # (text, kind)
     pairs: list[tuple[str, str, str]] = field(default_factory=list)  # (anchor, positive, kind)
     context: list[str] = field(default_factory=list)                 # other domain text
@@ -98,14 +99,14 @@ def eval_set(corpus: DomainCorpus, held: list[Concept], seed: int, per_concept: 
 
 
 def training_pairs(train: list[Concept], seed: int, max_pairs: int,
-                   per_concept: int) -> list[tuple[str, str, str, str]]:
-    """(anchor, positive, kind, concept id) from training concepts, capped per concept.
+                   per_concept: int) -> list[tuple[str, str, str, str, str]]:
+    """(anchor, positive, kind, concept id, group) from training concepts, capped per concept.
 
     Query -> document pairs (the task) come first in each concept's share; structure pairs
     (definition, reference title, program path, ...) fill the rest.
     """
     rng = random.Random(seed)
-    out: list[tuple[str, str, str, str]] = []
+    out: list[tuple[str, str, str, str, str]] = []
     for c in train:
         task = [(q, c.doc, k) for q, k in c.queries if _norm(q) != _norm(c.doc)]
         rng.shuffle(task)
@@ -114,7 +115,7 @@ def training_pairs(train: list[Concept], seed: int, max_pairs: int,
         n_task = min(len(task), max(1, (per_concept * 2 + 2) // 3))
         chosen = task[:n_task] + extra[: per_concept - n_task]
         chosen += task[n_task: n_task + per_concept - len(chosen)]
-        out.extend((a, p, k, c.cid) for a, p, k in chosen)
+        out.extend((a, p, k, c.cid, c.group) for a, p, k in chosen)
     rng.shuffle(out)
     return out[:max_pairs]
 
@@ -178,7 +179,7 @@ def medical_corpus() -> DomainCorpus:
     names = {t["id"]: t["name"] for t in terms}
     concepts = []
     for t in terms:
-        c = Concept(cid=t["id"], doc=t["name"])
+        c = Concept(cid=t["id"], doc=t["name"], group=(t["is_a"] or [t["id"]])[0])
         for text, scope, typ in t["syn"]:
             if typ in ("obsolete_synonym", "abbreviation", "allelic_requirement") or len(text) < 3:
                 continue
@@ -213,7 +214,8 @@ def legal_corpus() -> DomainCorpus:
             continue
         name = _clean(str(head.get("name") or head.get("short_name") or key))
         text = _clean(body)
-        c = Concept(cid=key, doc=f"{name}. {_words(text, 32)}".strip())
+        c = Concept(cid=key, doc=f"{name}. {_words(text, 32)}".strip(),
+                    group=re.split(r"[-_.0-9]", key)[0] or key)
         short = _clean(str(head.get("short_name") or ""))
         if short and _norm(short) != _norm(name):
             c.pairs.append((short, c.doc, "short-name"))
@@ -266,7 +268,8 @@ def finance_corpus() -> DomainCorpus:
         if not desc or not label:
             continue
         rel = path.relative_to(base)
-        c = Concept(cid=str(rel.with_suffix("")), doc=label, queries=[(desc, "description")])
+        c = Concept(cid=str(rel.with_suffix("")), doc=label, queries=[(desc, "description")],
+                    group=str(rel.parent))
         refs = md.get("reference")
         refs = refs if isinstance(refs, list) else [refs] if isinstance(refs, dict) else []
         titles = [_clean(str(r.get("title") or "")) for r in refs if isinstance(r, dict)]

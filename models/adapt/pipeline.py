@@ -24,15 +24,17 @@ from .corpora import PACKAGES, TASKS, DomainCorpus, EvalSet, eval_set, load_corp
 DEFAULT_RECIPE: dict[str, Any] = {
     "seed": 42,
     "heldout_fraction": 0.2,
-    "steps": 120,
-    "batch_size": 64,
+    "steps": 100,
+    "batch_size": 32,
     "lr": 3e-5,
-    "max_seq_length": 64,
+    "max_seq_length": 32,
     "pairs_per_concept": 6,
+    "hard_fraction": 0.5,         # share of pairs batched with related concepts (hard negatives)
     "max_pairs": 20000,
     "vocab": False,
     "vocab_max_tokens": 500,
     "vocab_min_freq": 5,
+    "lee_guard": 0.02,            # max Lee Pearson drop before weights are pulled back to the base
     "eval_per_concept": 3,
     "eval_max_queries": 1500,
 }
@@ -110,6 +112,40 @@ def score_base(base: BuiltEncoder, ev: EvalSet, domain: str, progress: Callable[
 
 # -- the build -----------------------------------------------------------------------------
 
+ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+
+
+def interpolate_for_general_quality(model, initial: dict, base_lee: float, guard: float,  # type: ignore[no-untyped-def]
+                                    progress: Callable[[str], None], domain: str) -> dict[str, Any]:
+    """Guard general quality by weight-space interpolation (WiSE-FT, Wortsman et al. 2022).
+
+    weights = initial + alpha * (trained - initial), with the largest alpha in ``ALPHAS`` whose
+    Lee Pearson (general English) is within ``guard`` of the base encoder's.  Only the general
+    benchmark is looked at, never the domain's held-out data.  alpha = 1 keeps the fine-tuned
+    model unchanged; if no alpha passes, the smallest is kept and the shortfall is recorded.
+    """
+    import torch
+
+    from ..evaluate import lee_pearson
+
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tried = []
+    chosen = ALPHAS[-1]
+    for alpha in ALPHAS:
+        if alpha < 1.0:
+            with torch.no_grad():
+                model.load_state_dict({k: initial[k] + alpha * (trained[k] - initial[k])
+                                       if trained[k].is_floating_point() else trained[k] for k in trained})
+        lee = lee_pearson(lambda t: model.encode(list(t), convert_to_numpy=True, normalize_embeddings=True,
+                                                  batch_size=16))
+        tried.append({"alpha": alpha, "lee_pearson": round(lee, 4)})
+        progress(f"{domain}: alpha {alpha}: Lee {lee:.4f} (base {base_lee:.4f}, guard {guard})")
+        if base_lee - lee <= guard:
+            chosen = alpha
+            break
+    return {"alpha": chosen, "tried": tried, "guard": guard, "base_lee_pearson": base_lee,
+            "method": "WiSE-FT weight interpolation towards the starting weights"}
+
 @dataclass
 class AdaptationRun:
     folder: Path                  # trained sentence-transformers folder
@@ -126,8 +162,12 @@ def split_and_sets(domain: str, recipe: dict[str, Any]) -> tuple[DomainCorpus, l
 
 
 def run_adaptation(spec: EncoderSpec, specs: dict[str, EncoderSpec], recipe: dict[str, Any],
-                   work: Path, progress: Callable[[str], None] = _log) -> AdaptationRun:
-    """Train, export to a scratch folder, check fidelity and evaluate; register nothing."""
+                   work: Path, progress: Callable[[str], None] = _log,
+                   precisions: tuple[str, ...] = ("fp32", "int8")) -> AdaptationRun:
+    """Train, export to a scratch folder, check fidelity and evaluate; register nothing.
+
+    ``precisions``: which adapted variants to score (ablations score fp32 only).
+    """
     from ..build import build as build_encoder, materialize_source
     from ..export import export_onnx, quantize_int8
     from ..registry import ONNX_OPSET
@@ -135,6 +175,7 @@ def run_adaptation(spec: EncoderSpec, specs: dict[str, EncoderSpec], recipe: dic
     from .vocab import extend_vocabulary, shattered_words
 
     t_start = time.time()
+    cpu_start = time.process_time()
     domain = spec.domain
     base_spec = specs[str(spec.base)]
     if base_spec.source not in ("package-folder", "split-zip", "local"):
@@ -165,11 +206,17 @@ def run_adaptation(spec: EncoderSpec, specs: dict[str, EncoderSpec], recipe: dic
         progress(f"{domain}: vocabulary +{rep['added_tokens']} tokens, e.g. "
                  + ", ".join(f"{w}={'/'.join(p)}" for w, p in list(rep["examples"].items())[:4]))  # type: ignore[union-attr]
 
+    base_scores = score_base(base_built, ev, domain, progress)    # cached after the first build
     model = load_sentence_transformer(start_folder, recipe["max_seq_length"])
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = train_contrastive(model, pairs, steps=recipe["steps"], batch_size=recipe["batch_size"],
                                lr=recipe["lr"], seed=recipe["seed"], progress=progress,
+                               hard_fraction=recipe["hard_fraction"],
                                label=f"{domain}: ")
     model.max_seq_length = spec.max_length
+    merge = interpolate_for_general_quality(model, initial, base_scores["fp32"]["lee_pearson"],
+                                            recipe["lee_guard"], progress, domain)
+    del initial
     trained = work / "st"
     model.save(str(trained))
 
@@ -193,9 +240,8 @@ def run_adaptation(spec: EncoderSpec, specs: dict[str, EncoderSpec], recipe: dic
     del model
 
     t_eval = time.time()
-    base_scores = score_base(base_built, ev, domain, progress)
     adapted_scores = {}
-    for precision in ("fp32", "int8"):
+    for precision in precisions:
         progress(f"{domain}: scoring adapted {precision}")
         adapted_scores[precision] = score_encoder(scratch, ev, precision)
     eval_seconds = time.time() - t_eval
@@ -204,7 +250,8 @@ def run_adaptation(spec: EncoderSpec, specs: dict[str, EncoderSpec], recipe: dic
     progress(f"{domain}: held-out recall@10 base {base_scores['fp32']['recall@10']:.4f} -> adapted "
              f"{adapted_scores['fp32']['recall@10']:.4f} (fp32); Lee {base_scores['fp32']['lee_pearson']:.4f} "
              f"-> {adapted_scores['fp32']['lee_pearson']:.4f}")
-    methods = ["contrastive-mnrl"] + (["vocabulary"] if vocab_report["used"] else [])
+    methods = ["contrastive-mnrl"] + (["vocabulary"] if vocab_report["used"] else []) + \
+        ([f"weight-interpolation(alpha={merge['alpha']})"] if merge["alpha"] < 1 else [])
     kinds: dict[str, int] = {}
     for p in pairs:
         kinds[p[2]] = kinds.get(p[2], 0) + 1
@@ -224,9 +271,11 @@ def run_adaptation(spec: EncoderSpec, specs: dict[str, EncoderSpec], recipe: dic
             "loss_last": result.last_loss,
             "seed": recipe["seed"],
             "training_seconds": result.seconds,
+            "training_cpu_seconds": result.cpu_seconds,
             "vocabulary": vocab_report,
             "added_tokens": int(vocab_report["added_tokens"]),
             "onnx_fidelity_min_cosine": round(fidelity, 6),
+            "weight_interpolation": merge,
         },
         "evaluation": {
             "task": TASKS[domain],
@@ -238,16 +287,32 @@ def run_adaptation(spec: EncoderSpec, specs: dict[str, EncoderSpec], recipe: dic
             "adapted": adapted_scores,
             "recall@10_gain_fp32": round(fp32_gain, 4),
             "lee_pearson_drop_fp32": round(lee_drop, 4),
-            "meets_requirement": bool(fp32_gain > 0 and lee_drop < 0.03),
+            "meets_requirement": bool(fp32_gain > 0 and lee_drop < 0.03 and all(
+                adapted_scores[p]["recall@10"] > base_scores[p]["recall@10"] for p in precisions)),
             "eval_seconds": round(eval_seconds, 1),
         },
     }
     meta["adaptation"]["total_seconds_before_register"] = round(time.time() - t_start, 1)
+    # CPU seconds of this process (all threads): comparable across loaded / idle machines
+    meta["adaptation"]["cpu_seconds_before_register"] = round(time.process_time() - cpu_start, 1)
     return AdaptationRun(folder=trained, scratch=scratch, meta=meta)
 
 
-def adapt_domain(domain: str, force: bool = False, progress: Callable[[str], None] = _log) -> Path:
-    """Build (or reuse) the adapted encoder of ``domain``; return its artifact directory."""
+def adapt_domain(domain: str, force: bool = False, progress: Callable[[str], None] = _log,
+                 router: bool = True) -> Path:
+    """Build (or reuse) the adapted encoder of ``domain``; return its artifact directory.
+
+    Also makes sure the domain router (model="auto") is built: it is cheap and cached, and
+    a domain encoder without the router would leave "auto" unavailable.
+    """
+    directory = _adapt_domain(domain, force, progress)
+    if router:
+        from .router import build_router
+        build_router(progress=progress)
+    return directory
+
+
+def _adapt_domain(domain: str, force: bool, progress: Callable[[str], None]) -> Path:
     from ..build import build_from_folder
 
     if domain not in PACKAGES:
@@ -260,6 +325,7 @@ def adapt_domain(domain: str, force: bool = False, progress: Callable[[str], Non
             progress(f"{spec.name}: up to date ({built.directory})")
             return built.directory
         t0 = time.time()
+        c0 = time.process_time()
         key = artifact_key(spec, specs)
         progress(f"{spec.name}: adapting {spec.base} to {domain} (key {key})")
         recipe = recipe_for(spec)
@@ -273,6 +339,7 @@ def adapt_domain(domain: str, force: bool = False, progress: Callable[[str], Non
             meta_path = final / "meta.json"
             meta = json.loads(meta_path.read_text())
             meta["adaptation"]["build_seconds_total"] = round(time.time() - t0, 1)
+            meta["adaptation"]["build_cpu_seconds_total"] = round(time.process_time() - c0, 1)
             meta["adaptation"]["registered_equals_evaluated"] = fp32_same
             tmp = meta_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-Pair = tuple[str, str, str, str]      # anchor, positive, kind, concept id
+Pair = tuple[str, str, str, str, str]      # anchor, positive, kind, concept id, concept group
 
 
 def _log(msg: str) -> None:
@@ -34,16 +34,43 @@ def seed_everything(seed: int, threads: int = 2) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def make_batches(pairs: Sequence[Pair], batch_size: int, steps: int, seed: int) -> list[list[Pair]]:
+def _grouped_order(pairs: Sequence[Pair], rng: random.Random, hard_fraction: float) -> list[Pair]:
+    """Shuffle, then lay a ``hard_fraction`` of the pairs out group by group (groups in random
+    order), so consecutive pairs - and thus batch-mates - are often related concepts (siblings
+    in the ontology, one license family, one program): in-batch negatives become hard ones."""
+    fresh = list(pairs)
+    rng.shuffle(fresh)
+    if hard_fraction <= 0:
+        return fresh
+    cut = int(len(fresh) * hard_fraction)
+    hard, easy = fresh[:cut], fresh[cut:]
+    groups: dict[str, list[Pair]] = {}
+    for p in hard:
+        groups.setdefault(p[4], []).append(p)
+    keys = list(groups)
+    rng.shuffle(keys)
+    ordered = [p for k in keys for p in groups[k]]
+    # interleave: runs of grouped pairs with random ones, so every batch mixes both
+    out: list[Pair] = []
+    step = max(1, len(easy) // max(1, len(ordered) // 8 or 1))
+    ei = 0
+    for i in range(0, len(ordered), 8):
+        out.extend(ordered[i:i + 8])
+        out.extend(easy[ei:ei + step])
+        ei += step
+    out.extend(easy[ei:])
+    return out
+
+
+def make_batches(pairs: Sequence[Pair], batch_size: int, steps: int, seed: int,
+                 hard_fraction: float = 0.5) -> list[list[Pair]]:
     """``steps`` batches of distinct concepts and distinct positives, cycling through ``pairs``."""
     rng = random.Random(seed)
     batches: list[list[Pair]] = []
     pool: list[Pair] = []
     while len(batches) < steps:
-        if len(pool) < batch_size:
-            fresh = list(pairs)
-            rng.shuffle(fresh)
-            pool.extend(fresh)
+        if len(pool) < batch_size * 4:
+            pool.extend(_grouped_order(pairs, rng, hard_fraction))
         batch: list[Pair] = []
         seen_c: set[str] = set()
         seen_p: set[str] = set()
@@ -67,19 +94,20 @@ class TrainResult:
     steps: int
     pairs_seen: int
     seconds: float
+    cpu_seconds: float
     first_loss: float
     last_loss: float
 
 
 def train_contrastive(model, pairs: Sequence[Pair], *, steps: int, batch_size: int, lr: float,  # type: ignore[no-untyped-def]
-                      seed: int, scale: float = 20.0, warmup_ratio: float = 0.1,
+                      seed: int, scale: float = 20.0, warmup_ratio: float = 0.1, hard_fraction: float = 0.5,
                       progress: Callable[[str], None] = _log, label: str = "") -> TrainResult:
     """Fine-tune a SentenceTransformer ``model`` in place."""
     import torch
     import torch.nn.functional as F
 
     seed_everything(seed)
-    batches = make_batches(pairs, batch_size, steps, seed)
+    batches = make_batches(pairs, batch_size, steps, seed, hard_fraction)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -90,6 +118,7 @@ def train_contrastive(model, pairs: Sequence[Pair], *, steps: int, batch_size: i
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (len(batches) - s) / max(1, len(batches) - warm)))
     model.train()
     t0 = time.time()
+    c0 = time.process_time()
     losses: list[float] = []
     every = max(1, len(batches) // 10)
     for step, batch in enumerate(batches, 1):
@@ -115,7 +144,7 @@ def train_contrastive(model, pairs: Sequence[Pair], *, steps: int, batch_size: i
     head = losses[: max(1, every)]
     tail = losses[-max(1, every):]
     return TrainResult(steps=len(batches), pairs_seen=sum(len(b) for b in batches),
-                       seconds=round(time.time() - t0, 1),
+                       seconds=round(time.time() - t0, 1), cpu_seconds=round(time.process_time() - c0, 1),
                        first_loss=round(sum(head) / len(head), 4) if head else math.nan,
                        last_loss=round(sum(tail) / len(tail), 4) if tail else math.nan)
 
