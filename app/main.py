@@ -21,6 +21,7 @@ from .routers import snapshots as snapshots_router
 from .routers import classify as classify_router
 from .routers import cluster as cluster_router
 from .routers import jobs as jobs_router
+from .routers import evaluate as evaluate_router
 from .routers import collections, embeddings, health, models, similarity
 from .services.collections import CollectionService
 from .services.embedding import EmbeddingService
@@ -106,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (health.router, models.router, embeddings.router, similarity.router, collections.router):
         app.include_router(r)
     app.include_router(snapshots_router.router)
-    for r in (cluster_router.router, classify_router.router, jobs_router.router):
+    for r in (cluster_router.router, classify_router.router, jobs_router.router, evaluate_router.router):
         app.include_router(r)
     # Metrics: a per-app registry; request counts/latency come from the middleware's observe hook,
     # encoder wait/inference from EncodeTimingMiddleware (added first, so it runs inside).
