@@ -77,9 +77,13 @@ def load_pairs(path: Path) -> tuple[list[str], list[str]]:
 
 def pairs_metrics(encode: EncodeFn, queries: Sequence[str], documents: Sequence[str]) -> dict[str, float]:
     """Each query's relevant document is its paired one; the search space is all distinct documents."""
+    doc_list, relevant = pairs_search_space(documents)
+    return retrieval_metrics(encode(list(queries)), encode(doc_list), relevant)
+
+
+def pairs_search_space(documents: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Distinct documents (first-seen order) and, per pair, the index of its document."""
     uniq: dict[str, int] = {}
     for doc in documents:
         uniq.setdefault(doc, len(uniq))
-    doc_list = list(uniq)
-    relevant = [uniq[d] for d in documents]
-    return retrieval_metrics(encode(list(queries)), encode(doc_list), relevant)
+    return list(uniq), [uniq[d] for d in documents]

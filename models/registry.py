@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -200,7 +199,3 @@ def build_command(name: str) -> str:
     spec_hint = "adapt --domain" if name in ("medical", "legal", "finance") else "build"
     return f"python -m models {spec_hint} {name}"
 
-
-def env_flag(name: str, default: bool = False) -> bool:
-    v = os.environ.get(name)
-    return default if v is None else v.strip().lower() in ("1", "true", "yes", "on")

@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.evaluate import retrieval_metrics
+from models.evaluate import pairs_search_space, retrieval_metrics
 
 from ..auth import require_scope
 from ..deps import state
@@ -49,17 +49,14 @@ async def evaluate(req: EvaluateRequest, svc: Any = Depends(state)) -> EvaluateR
     if req.model == "auto":
         raise ApiError(400, "auto_not_supported", "evaluate one named encoder at a time")
     # Every distinct document is the search space; a query's relevant document is its pair's.
-    uniq: dict[str, int] = {}
-    for p in req.pairs:
-        uniq.setdefault(p.document, len(uniq))
-    docs = list(uniq)
+    docs, relevant = pairs_search_space([p.document for p in req.pairs])
     queries = [p.query for p in req.pairs]
     limit = max(svc.settings.max_texts_per_request, MAX_PAIRS)
     q_texts, q_cut = svc.embedding.check_texts(queries, "pairs[].query", limit=limit)
     d_texts, d_cut = svc.embedding.check_texts(docs, "pairs[].document", limit=limit)
     qv = await svc.embedding.embed(req.model, q_texts, q_cut)
     dv = await svc.embedding.embed(req.model, d_texts, d_cut)
-    m = retrieval_metrics(qv.vectors, dv.vectors, [uniq[p.document] for p in req.pairs])
+    m = retrieval_metrics(qv.vectors, dv.vectors, relevant)
     return EvaluateResponse(model=qv.model, queries=len(queries), documents=len(docs),
                             recall_at_1=round(m["recall@1"], 4), recall_at_10=round(m["recall@10"], 4),
                             mrr=round(m["mrr"], 4))

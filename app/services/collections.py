@@ -173,13 +173,12 @@ class CollectionService:
         if todo:
             sub = [reqs[i] for i in todo]
             qv = await self._query_vectors(col, sub)
-            found: list[list[SearchHit]] = []
             # requests in one batch may differ in filter/top_k: group identical search params
             groups: dict[str, list[int]] = {}
             for j, r in enumerate(sub):
                 groups.setdefault(json.dumps([r.top_k, r.filter, r.min_score, sorted(r.include)],
                                              sort_keys=True, default=str), []).append(j)
-            found = [[] for _ in sub]
+            found: list[list[SearchHit]] = [[] for _ in sub]
             for members in groups.values():
                 r0 = sub[members[0]]
                 hits = await run_sync(col.search, qv[members], r0.top_k, r0.filter, r0.min_score,

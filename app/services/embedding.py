@@ -9,6 +9,7 @@ import numpy as np
 
 from models.batcher import QueueFull
 
+from ..cache import decode_vector, encode_vector
 from ..context import timings
 from ..errors import ApiError
 from ..settings import Settings
@@ -181,16 +182,12 @@ class EmbeddingService:
 
 
 def _encode(vec: np.ndarray, tokens: int, truncated: bool) -> bytes:
-    return _VALUE_HEADER.pack(int(tokens), 1 if truncated else 0) + \
-        np.ascontiguousarray(vec, dtype=np.float32).tobytes()
+    return _VALUE_HEADER.pack(int(tokens), 1 if truncated else 0) + encode_vector(vec)
 
 
 def _decode(blob: bytes | None, dim: int) -> tuple[np.ndarray, int, bool] | None:
-    if blob is None or len(blob) != _VALUE_HEADER.size + 4 * dim:
+    if blob is None or len(blob) < _VALUE_HEADER.size:
         return None
     tokens, flag = _VALUE_HEADER.unpack_from(blob)
-    vec = np.frombuffer(blob, dtype=np.float32, offset=_VALUE_HEADER.size, count=dim)
-    if not np.all(np.isfinite(vec)):
-        return None
-    return vec.copy(), int(tokens), bool(flag)
-
+    vec = decode_vector(blob[_VALUE_HEADER.size:], dim)
+    return None if vec is None else (vec, int(tokens), bool(flag))
