@@ -10,7 +10,7 @@ seq > S (:meth:`changes_since`).
 
 Durability: WAL journal, ``synchronous=FULL`` and one transaction per batch, so when a write
 method returns, the batch is on disk, all of it or none of it.  One writer at a time (a lock);
-readers use their own per-thread connections and never wait for the writer (WAL).
+readers take a pooled read-only connection (at most 4 kept idle) and never wait for the writer (WAL).
 """
 from __future__ import annotations
 
@@ -103,6 +103,9 @@ def decode_cursor(cursor: str) -> int:
                               {"cursor": cursor[:100]}) from None
 
 
+_MAX_IDLE_READERS = 4
+
+
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -113,7 +116,10 @@ class DocumentStore:
         self.path = Path(path)
         self.dim = int(dim)
         self._write_lock = threading.Lock()
-        self._readers: dict[int, sqlite3.Connection] = {}
+        # Idle read-only connections, reused by whichever thread reads next.  At most
+        # _MAX_IDLE_READERS stay open, so the page caches they hold are bounded however many
+        # threads the server's pool has used (one connection per thread grew with the pool).
+        self._idle_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
         if not create and not self.path.exists():
@@ -138,24 +144,34 @@ class DocumentStore:
         register_sql_functions(conn)
         return conn
 
-    def _reader(self) -> sqlite3.Connection:
+    def _acquire_reader(self) -> sqlite3.Connection:
         if self._closed:
             raise StorageError("the document store is closed", {"path": str(self.path)})
-        ident = threading.get_ident()
-        conn = self._readers.get(ident)
-        if conn is None:
-            conn = self._connect(read_only=True)
-            with self._readers_lock:
-                alive = {t.ident for t in threading.enumerate()}
-                for dead in [i for i in self._readers if i not in alive]:
-                    self._readers.pop(dead).close()
-                self._readers[ident] = conn
-        return conn
+        with self._readers_lock:
+            if self._idle_readers:
+                return self._idle_readers.pop()
+        return self._connect(read_only=True)
+
+    def _release_reader(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:  # a failed COMMIT: never hand out a connection mid-transaction
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                conn.close()
+                return
+        with self._readers_lock:
+            if not self._closed and len(self._idle_readers) < _MAX_IDLE_READERS:
+                self._idle_readers.append(conn)
+                return
+        conn.close()
 
     def _read(self, action: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` inside one read transaction (a consistent snapshot)."""
         try:
-            conn = self._reader()
+            conn = self._acquire_reader()
+        except sqlite3.Error as exc:
+            raise storage_error_from(exc, action) from exc
+        try:
             conn.execute("BEGIN")
             try:
                 return fn(conn)
@@ -163,6 +179,8 @@ class DocumentStore:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise storage_error_from(exc, action) from exc
+        finally:
+            self._release_reader(conn)
 
     def _write(self, action: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` in one IMMEDIATE transaction: committed entirely or not at all."""
@@ -438,9 +456,9 @@ class DocumentStore:
                 return
             self._closed = True
             with self._readers_lock:
-                for conn in self._readers.values():
+                for conn in self._idle_readers:
                     conn.close()
-                self._readers.clear()
+                self._idle_readers.clear()
             try:
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:

@@ -153,6 +153,43 @@ def test_readers_do_not_wait_for_the_writer(store: DocumentStore) -> None:
         store._write_lock.release()
 
 
+def test_read_connections_are_pooled_and_bounded(store: DocumentStore) -> None:
+    """Reads from many threads reuse a few connections: the number kept open (and the SQLite
+    page cache each holds) does not grow with the number of threads that ever read."""
+    store.upsert([doc("a"), doc("b")])
+    barrier = threading.Barrier(16)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            barrier.wait(timeout=10)
+            for _ in range(20):
+                counts.append(store.count())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    for _round in range(3):  # 48 distinct threads in all
+        threads = [threading.Thread(target=reader) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors and counts == [2] * (48 * 20)
+    assert 1 <= len(store._idle_readers) <= 4
+    conn = store._idle_readers[0]
+    assert not conn.in_transaction
+    assert conn.execute("PRAGMA query_only").fetchone()[0] == 1
+    # a read that fails inside its transaction hands back a clean connection
+    with pytest.raises(StorageError):
+        store._read("boom", lambda c: c.execute("SELECT * FROM no_such_table"))
+    assert all(not c.in_transaction for c in store._idle_readers)
+    store.close()
+    assert store._idle_readers == []
+    with pytest.raises(StorageError):
+        store.count()
+
+
 def test_duplicate_ids_and_bad_metadata_are_rejected(store: DocumentStore) -> None:
     with pytest.raises(InvalidArgument):
         store.upsert([doc("a"), doc("a")])
