@@ -170,6 +170,26 @@ def test_result_cache_invalidated_by_writes(client):
     assert ids == ["2"]
 
 
+def test_result_cache_hit_returns_the_same_body_without_encoding(client):
+    client.put("/v1/collections/cachehit", json={"model": "minilm"})
+    client.post("/v1/collections/cachehit/documents", json={"documents": DOCS})
+    texts = lambda: client.app.state.svc.pool.get("minilm").batcher.stats.texts  # noqa: E731
+    hits = lambda: client.app.state.svc.cache.stats()["local_hits"]  # noqa: E731
+    q = {"query": "a fast vector similarity library", "top_k": 3, "include": ["text", "metadata"],
+         "filter": {"kind": "software"}}
+    first = client.post("/v1/collections/cachehit/search", json=q)
+    encoded, hit_count = texts(), hits()
+    second = client.post("/v1/collections/cachehit/search", json=q)
+    assert second.status_code == 200 and second.headers["content-type"] == "application/json"
+    assert second.json() == first.json() and second.json()["results"][0]["id"] == "faiss"
+    assert texts() == encoded and hits() > hit_count  # served from the result cache
+    # batch search shares the cached entries and returns the same hits
+    batch = client.post("/v1/collections/cachehit/search/batch", json={"searches": [q]}).json()
+    assert batch["batches"][0] == first.json()
+    # limits are still checked on the cached path
+    assert client.post("/v1/collections/cachehit/search", json={**q, "top_k": 10**9}).status_code in (400, 413, 422)
+
+
 def test_precomputed_vectors_and_vector_only_collection(client):
     assert client.put("/v1/collections/vonly", json={"dim": 4, "metric": "l2"}).status_code == 201
     r = client.post("/v1/collections/vonly/documents", json={"documents": [

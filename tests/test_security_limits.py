@@ -108,6 +108,8 @@ def test_filter_depth_and_size_before_encoding(small, flt, what):
         else "conditions" in err["message"]
     _rejected(small.post("/v1/collections/lim/documents/delete", json={"filter": flt}), 400, "invalid_filter")
     _rejected(small.post("/v1/collections/lim/recommend", json={"positive": ["d0"], "filter": flt}), 400)
+    # clustering a collection checks the same settings before it queues a job
+    _rejected(small.post("/v1/cluster", json={"collection": "lim", "filter": flt}), 400, "invalid_filter")
 
 
 def test_filter_within_limits_works(small):

@@ -82,9 +82,8 @@ async def cluster_endpoint(req: ClusterRequest, svc: Any = Depends(state)) -> An
         if req.background is False:
             raise ApiError(422, "background_required",
                            "clustering a collection always runs as a background job")
-        if req.filter is not None:
-            from index import parse_filter
-            parse_filter(req.filter)  # 400 for a malformed filter now, not inside the job
+        # 400 for a malformed or too large filter now (the MAX_FILTER_* settings), not inside the job
+        svc.collections.check_filter(req.filter)
         return _accepted(jobs.submit("cluster", lambda ctx: _cluster_collection(svc, req, ctx)))
     texts, cut = svc.embedding.check_texts(req.texts or [], "texts",
                                            limit=max(svc.settings.max_texts_per_request, 1))

@@ -113,7 +113,10 @@ async def delete_documents(body: DeleteRequest, name: str = NamePath,
              summary="Semantic search with a text or a vector; filters apply inside the search")
 async def search(body: SearchRequest, name: str = NamePath, svc: Any = Depends(state)) -> SearchResponse:
     col = _collection(svc, name)
-    (hits,) = await svc.collections.search(col, [body])
+    body_bytes = await svc.collections.cached_search_body(col, body)
+    if body_bytes is not None:  # result-cache hit: the stored bytes are the response
+        return Response(content=body_bytes, media_type="application/json")  # type: ignore[return-value]
+    (hits,) = await svc.collections.search(col, [body], lookup=False)
     return SearchResponse(results=hits)
 
 

@@ -122,7 +122,7 @@ class CollectionService:
             raise ApiError(422, "top_k_too_large", f"top_k {top_k} exceeds the limit {self.settings.max_top_k}",
                            {"limit": self.settings.max_top_k})
 
-    def _check_filter(self, spec: Any) -> None:
+    def check_filter(self, spec: Any) -> None:
         if spec is not None:
             parse_filter(spec, max_depth=self.settings.max_filter_depth,
                          max_conditions=self.settings.max_filter_conditions)
@@ -149,18 +149,45 @@ class CollectionService:
             out[text_idx] = emb.vectors
         return out
 
-    async def search(self, col: Collection, reqs: Sequence[SearchRequest]) -> list[list[Hit]]:
+    async def cached_search_body(self, col: Collection, req: SearchRequest) -> bytes | None:
+        """The response body of one search straight from the result cache, or None on a miss.
+
+        A hit skips decoding the cached hits into models and encoding them again: the bytes
+        stored by :meth:`search` are the hits exactly as the response serialises them."""
+        if self.cache is None:
+            return None
+        self._check_top_k(req.top_k)
+        self.check_filter(req.filter)
+        version = f"{col.uid}:{col.write_version}"
+        key = self.cache.result_key("search", {"c": col.name, "r": req.model_dump(mode="json")}, version)
+        cached = await self.cache.get_many([key], local_ttl_s=self.settings.cache_result_ttl_s)
+        raw = cached.get(key)
+        if raw is None:
+            return None
+        try:  # garbage from Redis is a miss, as in search()
+            hits = json.loads(raw)
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(hits, list) or not all(isinstance(h, dict) and "id" in h and "score" in h
+                                                 for h in hits):
+            return None
+        return b'{"results":' + raw + b"}"
+
+    async def search(self, col: Collection, reqs: Sequence[SearchRequest], *,
+                     lookup: bool = True) -> list[list[Hit]]:
+        """Search; ``lookup=False`` when the caller already missed the result cache for these."""
         for r in reqs:
             self._check_top_k(r.top_k)
-            self._check_filter(r.filter)  # malformed / too big: 400 before any encoding
+            self.check_filter(r.filter)  # malformed / too big: 400 before any encoding
         version = f"{col.uid}:{col.write_version}"   # read before searching: see docstring of cache
         keys: list[str] | None = None
         cached: dict[str, bytes] = {}
         if self.cache is not None:
             keys = [self.cache.result_key("search", {"c": col.name, "r": r.model_dump(mode="json")}, version)
                     for r in reqs]
-            cached = await self.cache.get_many(list(set(keys)),
-                                               local_ttl_s=self.settings.cache_result_ttl_s)
+            if lookup:
+                cached = await self.cache.get_many(list(set(keys)),
+                                                   local_ttl_s=self.settings.cache_result_ttl_s)
         results: list[list[Hit] | None] = [None] * len(reqs)
         if keys:
             for i, k in enumerate(keys):
