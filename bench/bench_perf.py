@@ -100,6 +100,13 @@ def bench_encoders(cfg: Config, pool: list[str], res: Results) -> Any:
     for fn in runners.values():  # warm-up: first-call allocations, thread pools
         fn(texts[:64])
     for rep in range(cfg.reps):
+        # batch 1, int8 only: with batch 32 it bounds what micro-batching can gain (test 2)
+        t0 = time.perf_counter()
+        for t in texts[:128]:
+            int8.encode([t])
+        rate = 128 / (time.perf_counter() - t0)
+        res.encoders.setdefault(("onnx-int8", 1), []).append(rate)
+        log(f"encoder rep {rep + 1} batch 1 onnx-int8: {rate:.1f} sentences/s")
         for bs in (32, 64):
             batches = [texts[i:i + bs] for i in range(0, len(texts), bs)]
             for name, fn in runners.items():  # interleaved, so all three share the same noise

@@ -77,6 +77,12 @@ def write_report(path: Path, cfg: Any, env: Machine, res: Any, pool: Sequence[st
                              verdict(ratio.median >= 3)))
             if ("st", bs) in enc:
                 st_best = max(st_best, _sp(enc[("st", bs)]).median)
+        if ("onnx-int8", 1) in enc and ("onnx-int8", 32) in enc:
+            rows.append(("1", "ONNX int8 (OnnxEncoder), batch 1 (one sentence per call), sentences/s",
+                         _sp(enc[("onnx-int8", 1)]).fmt(), "", ""))
+            gain = _sp([a / b for a, b in zip(enc[("onnx-int8", 32)], enc[("onnx-int8", 1)])])
+            rows.append(("1", "(ceiling for 2) int8 batch 32 / batch 1 in-process: the most that batching "
+                              "can gain on this CPU", gain.fmt(2), "info", ""))
     http = res.http
     if "single on" in http and "single off" in http:
         on, off = http["single on"], http["single off"]
@@ -105,6 +111,15 @@ def write_report(path: Path, cfg: Any, env: Machine, res: Any, pool: Sequence[st
         if warm:
             rows.append(("3", "**warm p50 ms** (closed loop)", _lat(warm, 50).fmt(2), "≤ 2 ms",
                          verdict(_lat(warm, 50).median <= 2)))
+        # Little's law for a closed loop: mean latency = clients / throughput, so a mean (and a
+        # fortiori a p99) below the target needs at least clients / target requests per second.
+        for label, limit in (("cold", 50.0), ("warm", 2.0)):
+            if search.get(label):
+                qps = _sp([r.throughput for r in search[label]]).median
+                rows.append(("3", f"(bound) {label}: {cfg.clients_search} clients / {qps:.0f} q/s measured = "
+                                  f"mean latency a closed loop must see (Little's law), ms; meeting "
+                                  f"{limit:g} ms needs ≥ {cfg.clients_search / limit * 1000:,.0f} q/s",
+                             f"{cfg.clients_search / qps * 1000:.1f}", "info", ""))
         for label, q, limit in (("cold, 50% load", 99, 50.0), ("warm, 50% load", 50, 2.0),
                                 ("warm, 1 client", 50, 2.0)):
             if label in search:
@@ -164,7 +179,9 @@ def write_report(path: Path, cfg: Any, env: Machine, res: Any, pool: Sequence[st
     add("- **1 (encoders)**: in-process, same sentences for all three, interleaved per repetition; "
         f"{cfg.enc_sentences} sentences per measurement in batches of 32 and of 64. ST: "
         "`SentenceTransformer(folder).encode(batch, batch_size=len(batch), normalize_embeddings=True)`; "
-        "ONNX: `OnnxEncoder(find_built(minilm), precision, intra_op_threads=N).encode(batch)` (tokenisation included in both).")
+        "ONNX: `OnnxEncoder(find_built(minilm), precision, intra_op_threads=N).encode(batch)` (tokenisation included in both). "
+        "Batch 1 (int8 only): 128 sentences, one `encode([sentence])` call each; batch 32 / batch 1 is the "
+        "most that coalescing one-sentence requests can gain in the encoder on this CPU, so it bounds the on/off ratio of test 2.")
     add(f"- **2 (HTTP)**: two real server processes (`python -m app.cli serve` via `tests/e2e_server.py`), "
         f"`MICRO_BATCHING=true` / `false`, otherwise identical; {cfg.clients_embed} closed-loop clients (no think time), "
         f"one sentence per request, {cfg.http_s:.0f} s measured after {cfg.warmup_s:.1f} s warm-up, on/off "
