@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = 2
     max_queued_jobs: int = 64                 # waiting jobs beyond the running ones; then 429
     job_ttl_s: float = 3600.0                 # finished jobs are kept (in memory) this long
+    finetune_timeout_s: float = 1800.0        # wall-time limit of one fine-tuning child process
 
     # security
     api_keys: str = ""                        # "key:scope,key2:scope"; empty = auth off

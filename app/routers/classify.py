@@ -40,14 +40,16 @@ async def list_classifiers(svc: Any = Depends(state)) -> dict[str, Any]:
 
 @router.put("/classifiers/{name}", dependencies=WRITE,
             responses={201: {"description": "trained and stored (new)"},
-                       202: {"description": "training as a background job: {job_id, status}"}},
+                       202: {"description": "training as a background job: {job_id, status} "
+                             "(always with \"finetune\": true)"}},
             summary="Train (or retrain) a classifier from labelled examples; returns CV figures")
 async def train(req: TrainRequest, response: Response, name: str = NamePath,
                 svc: Any = Depends(state)) -> Any:
     validate_name(name)
     plan = svc_classify.plan_training(svc, req)
-    background = req.background if req.background is not None \
-        else len(plan.texts) > svc_classify.SYNC_MAX_EXAMPLES
+    background = plan.finetune is not None or (
+        req.background if req.background is not None
+        else len(plan.texts) > svc_classify.SYNC_MAX_EXAMPLES)
     if background:
         job = get_jobs(svc).submit("train_classifier",
                                    lambda ctx: svc_classify.train_classifier(svc, name, plan, ctx))

@@ -42,6 +42,19 @@ class Example(BaseModel):
     label: str
 
 
+class FinetuneOptions(BaseModel):
+    """SetFit-style fine-tuning knobs (defaults: the SetFit recipe at a small budget)."""
+    model_config = ConfigDict(extra="forbid")
+    pairs_per_example: int = Field(20, ge=2, le=100, multiple_of=2, description="contrastive pairs "
+                                   "per example: half positive (same label), half negative")
+    epochs: int = Field(1, ge=1, le=5, description="passes over the pairs")
+    learning_rate: float = Field(2e-5, gt=0.0, le=1e-3, description="AdamW learning rate "
+                                 "(10 % linear warm-up, then linear decay)")
+    batch_size: int = Field(16, ge=4, le=64, description="pairs per optimisation step")
+    max_seq_length: int = Field(128, ge=16, le=512, description="tokens per text while training "
+                                "(capped at the encoder's max_length; prediction uses the full length)")
+
+
 class TrainRequest(BaseModel):
     """PUT /v1/classifiers/{name}: train (or retrain) a classifier from labelled examples."""
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
@@ -59,7 +72,12 @@ class TrainRequest(BaseModel):
     prior_weight: float = Field(1.0, ge=0.0, le=5.0, description="weight of the label-name prior "
                                 "(0 = off; use 0 for opaque label names such as '0'/'1')")
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    background: bool | None = Field(None, description="train as a job; default: yes above 300 examples")
+    background: bool | None = Field(None, description="train as a job; default: yes above 300 "
+                                    "examples, always with finetune")
+    finetune: bool = Field(False, description="SetFit-style contrastive fine-tuning of the encoder "
+                           "on the examples before the head is trained (needs the build extra; runs "
+                           "as a background job in a child process; at most 2000 examples)")
+    finetune_options: FinetuneOptions | None = Field(None, description="only with finetune: true")
 
 
 class PredictRequest(BaseModel):

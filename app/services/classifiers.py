@@ -14,9 +14,13 @@ The head
 On disk, under ``<DATA_DIR>/classifiers/<name>/``:
     classifier.json          metadata, metrics, the current version and the sha256 of each array
     v-<version>/*.npy        coef, intercept, prototypes, label_vectors
+    v-<version>/encoder/     only for a fine-tuned classifier ("finetune": true): its own ONNX
+                             encoder (model.<precision>.onnx, tokenizer.json, meta.json), the
+                             sha256 of each file recorded in classifier.json under "encoder"
 ``classifier.json`` is replaced atomically (tmp + fsync + rename) *after* the new version's
-arrays are durable, so a crash leaves either the old or the new classifier, never a mixture;
-unreferenced leftovers are removed at start-up.  Names match ``^[A-Za-z0-9_-]{1,64}$`` and are
+arrays (and encoder files) are durable, so a crash leaves either the old or the new classifier,
+never a mixture; superseded versions (with their encoder) are removed after the swap, unreferenced
+leftovers at start-up.  Names match ``^[A-Za-z0-9_-]{1,64}$`` and are
 validated before they touch the file system.
 """
 from __future__ import annotations
@@ -30,10 +34,11 @@ import re
 import shutil
 import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -41,6 +46,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from sklearn.model_selection import StratifiedKFold
 
 from index.snapshot import fsync_dir
+from models.sources import sha256_file
 
 from ..errors import ApiError
 
@@ -51,6 +57,8 @@ META_FILE = "classifier.json"
 FORMAT = 1
 HEAD_TEMPERATURE = 0.05
 ARRAYS = ("coef", "intercept", "prototypes", "label_vectors")
+ENCODER_DIR = "encoder"
+MAX_LOADED_ENCODERS = 4      # fine-tuned ONNX sessions kept open (least recently used dropped)
 
 
 def validate_name(name: Any) -> str:
@@ -130,6 +138,14 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(directory)
+
+
 def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
@@ -142,6 +158,7 @@ class ClassifierStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._loaded: dict[str, tuple[str, Head]] = {}   # name -> (version, head)
+        self._encoders: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (name, version) -> encoder
         self._cleanup()
 
     def _dir(self, name: str) -> Path:
@@ -182,8 +199,12 @@ class ClassifierStore:
         return meta if ok else None
 
     # -- writes --------------------------------------------------------------------------
-    def save(self, name: str, meta: dict[str, Any], head: Head) -> dict[str, Any]:
-        """Persist atomically; returns the stored metadata (with version and created flag)."""
+    def save(self, name: str, meta: dict[str, Any], head: Head,
+             encoder_dir: Path | None = None) -> dict[str, Any]:
+        """Persist atomically; returns the stored metadata (with version and created flag).
+
+        ``encoder_dir``: a fine-tuned encoder folder (same file system) moved into the new
+        version as ``encoder/``; ``meta["encoder"]["files"]`` must carry its files' sha256."""
         directory = self._dir(name)
         version = uuid.uuid4().hex
         arrays = {"coef": head.coef, "intercept": head.intercept,
@@ -203,6 +224,9 @@ class ClassifierStore:
                 staging.mkdir()
                 for k, b in blobs.items():
                     _write_file(staging / f"{k}.npy", b)
+                if encoder_dir is not None:
+                    os.rename(encoder_dir, staging / ENCODER_DIR)
+                    _fsync_tree(staging / ENCODER_DIR)
                 fsync_dir(staging)
                 os.rename(staging, directory / f"v-{version}")
                 tmp = directory / f".{META_FILE}.tmp"
@@ -210,6 +234,7 @@ class ClassifierStore:
                 os.replace(tmp, directory / META_FILE)   # the commit point
                 fsync_dir(directory)
             except OSError as exc:
+                shutil.rmtree(directory / f".tmp-{version}", ignore_errors=True)
                 log.error("saving classifier %s failed: %s", name, exc)
                 raise ApiError(507 if exc.errno == 28 else 503, "storage_error",
                                f"could not save classifier {name!r}: {exc.strerror or exc}") from exc
@@ -217,6 +242,7 @@ class ClassifierStore:
                 if sub.is_dir() and sub.name != f"v-{version}":
                     shutil.rmtree(sub, ignore_errors=True)
             self._loaded[name] = (version, head)
+            self._drop_encoders(name)
         return dict(record, created=created)
 
     def delete(self, name: str) -> None:
@@ -232,7 +258,12 @@ class ClassifierStore:
                 raise ApiError(503, "storage_error", f"could not delete classifier {name!r}: "
                                f"{exc.strerror or exc}") from exc
             self._loaded.pop(name, None)
+            self._drop_encoders(name)
         shutil.rmtree(trash, ignore_errors=True)
+
+    def _drop_encoders(self, name: str) -> None:
+        for key in [k for k in self._encoders if k[0] == name]:
+            del self._encoders[key]
 
     # -- reads ---------------------------------------------------------------------------
     @staticmethod
@@ -276,6 +307,42 @@ class ClassifierStore:
         with self._lock:
             self._loaded[name] = (meta["version"], head)
         return meta, head
+
+
+    def encoder(self, name: str, meta: dict[str, Any], factory: Callable[[Path], Any]) -> Any:
+        """The fine-tuned encoder of ``meta``'s version (``factory(folder)`` builds it), loaded
+        once per version after checking every file against classifier.json's sha256."""
+        key = (name, meta["version"])
+        with self._lock:
+            if key in self._encoders:
+                self._encoders.move_to_end(key)
+                return self._encoders[key]
+        folder = self._dir(name) / f"v-{meta['version']}" / ENCODER_DIR
+        try:
+            for entry in meta["encoder"]["files"].values():
+                path = folder / entry["path"]
+                if path.parent != folder:
+                    raise ValueError(f"unsafe encoder path {entry['path']!r}")
+                if sha256_file(path) != entry["sha256"]:
+                    raise ValueError(f"encoder/{entry['path']} does not match its checksum")
+            enc = factory(folder)
+        except FileNotFoundError as exc:
+            if (self._dir(name) / META_FILE).exists() and self.meta(name)["version"] != meta["version"]:
+                raise ApiError(409, "classifier_changed", f"classifier {name!r} was retrained "
+                               "while predicting; retry", {"name": name}) from exc
+            raise ApiError(503, "classifier_corrupt", f"classifier {name!r} cannot be read "
+                           f"({exc}); train it again", {"name": name}) from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ApiError(503, "classifier_corrupt", f"classifier {name!r} cannot be read "
+                           f"({exc}); train it again", {"name": name}) from exc
+        except Exception as exc:  # onnxruntime refusing the model file
+            raise ApiError(503, "classifier_corrupt", f"the fine-tuned encoder of classifier "
+                           f"{name!r} cannot be loaded ({exc}); train it again", {"name": name}) from exc
+        with self._lock:
+            self._encoders[key] = enc
+            while len(self._encoders) > MAX_LOADED_ENCODERS:
+                self._encoders.popitem(last=False)
+        return enc
 
 
 _STORE_LOCK = threading.Lock()

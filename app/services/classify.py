@@ -162,10 +162,14 @@ class TrainPlan:
     label_texts: list[str]
     prior_weight: float
     seed: int
+    finetune: Any = None       # finetune.FinetunePlan: SetFit-style fine-tuning first (a job)
 
 
 def plan_training(svc: Any, req: Any) -> TrainPlan:
     """Validate a training request completely before anything is encoded or stored."""
+    from . import finetune
+
+    finetune.check_request(req)
     if not req.examples:
         raise ApiError(422, "empty_input", "examples must contain at least one example")
     texts, cut = svc.embedding.check_texts([e.text for e in req.examples], "examples[].text",
@@ -190,8 +194,9 @@ def plan_training(svc: Any, req: Any) -> TrainPlan:
             raise ApiError(422, "too_few_examples", f"label {lab[:50]!r} has 1 example; every "
                            "label needs at least 2 (for cross-validation)",
                            {"label": lab[:100], "count": int(n)})
+    ft = finetune.plan_finetune(svc, req, len(texts)) if req.finetune else None
     model = svc.embedding.encoder(req.model).name  # 404/503 for an unknown/unavailable model
-    return TrainPlan(model, texts, cut, y, labels, label_texts, req.prior_weight, req.seed)
+    return TrainPlan(model, texts, cut, y, labels, label_texts, req.prior_weight, req.seed, ft)
 
 
 async def train_classifier(svc: Any, name: str, plan: TrainPlan, ctx: Any = None) -> dict[str, Any]:
@@ -199,37 +204,114 @@ async def train_classifier(svc: Any, name: str, plan: TrainPlan, ctx: Any = None
     from .classifiers import cross_validate, get_store, train_head
 
     step = (lambda f: ctx.progress(f)) if ctx is not None else (lambda f: None)
-    chunks = []
-    for s in range(0, len(plan.texts), EMBED_CHUNK):
-        emb = await svc.embedding.embed(plan.model, plan.texts[s:s + EMBED_CHUNK],
-                                        plan.cut[s:s + EMBED_CHUNK])
-        chunks.append(emb.vectors)
-        step(0.6 * min(1.0, (s + EMBED_CHUNK) / len(plan.texts)))
-    x = np.vstack(chunks)
-    lab = (await svc.embedding.embed(plan.model, plan.label_texts)).vectors
+    if plan.finetune is not None:
+        return await _train_finetuned(svc, name, plan, step)
+    x, lab = await _base_embeddings(svc, plan, step, 0.6)
     le = svc.embedding.encoder(plan.model)
 
     def fit() -> dict[str, Any]:
         cv = cross_validate(x, plan.y, plan.labels, lab, plan.prior_weight, plan.seed)
         step(0.85)
         head = train_head(x, plan.y, plan.labels, lab, plan.prior_weight, plan.seed)
-        counts = np.bincount(plan.y, minlength=len(plan.labels))
-        meta = {"model": plan.model, "encoder_sha256": le.encoder.onnx_sha256, "dim": int(x.shape[1]),
-                "labels": plan.labels,
-                "label_texts": dict(zip(plan.labels, plan.label_texts)),
-                "examples": int(len(plan.y)),
-                "examples_per_label": {lb: int(c) for lb, c in zip(plan.labels, counts)},
-                "head": {"type": "logistic_regression+prototypes+label_prior", "C": 1.0,
-                         "seed": plan.seed},
-                "cross_validation": cv}
+        meta = _classifier_meta(plan, le.encoder.onnx_sha256, int(x.shape[1]), cv)
         return get_store(svc).save(name, meta, head)
 
     return describe(await asyncio.to_thread(fit))
 
 
+def _classifier_meta(plan: TrainPlan, encoder_sha256: str, dim: int,
+                     cv: dict[str, Any]) -> dict[str, Any]:
+    """The classifier.json fields every classifier has (fine-tuned ones add encoder/finetune)."""
+    counts = np.bincount(plan.y, minlength=len(plan.labels))
+    return {"model": plan.model, "encoder_sha256": encoder_sha256, "dim": dim,
+            "labels": plan.labels,
+            "label_texts": dict(zip(plan.labels, plan.label_texts)),
+            "examples": int(len(plan.y)),
+            "examples_per_label": {lb: int(c) for lb, c in zip(plan.labels, counts)},
+            "head": {"type": "logistic_regression+prototypes+label_prior", "C": 1.0,
+                     "seed": plan.seed},
+            "cross_validation": cv}
+
+
+async def _base_embeddings(svc: Any, plan: TrainPlan, step: Any,
+                           share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Examples and label texts through the base encoder (embedding cache, micro-batcher)."""
+    chunks = []
+    for s in range(0, len(plan.texts), EMBED_CHUNK):
+        emb = await svc.embedding.embed(plan.model, plan.texts[s:s + EMBED_CHUNK],
+                                        plan.cut[s:s + EMBED_CHUNK])
+        chunks.append(emb.vectors)
+        step(share * min(1.0, (s + EMBED_CHUNK) / len(plan.texts)))
+    lab = (await svc.embedding.embed(plan.model, plan.label_texts)).vectors
+    return np.vstack(chunks), lab
+
+
+FINETUNE_CV_NOTE = ("cross_validation: the head on the base encoder's embeddings (the fine-tuned "
+                    "encoder has seen every example, so out-of-fold figures on it would be "
+                    "optimistic); train_accuracy: the served head + fine-tuned encoder on its own "
+                    "training examples (not an estimate of accuracy on new texts)")
+
+
+async def _train_finetuned(svc: Any, name: str, plan: TrainPlan, step: Any) -> dict[str, Any]:
+    """SetFit-style: fine-tune the encoder in a child process, train the head on its embeddings.
+
+    Honest figures: ``cross_validation`` is the head's out-of-fold score on the *base* encoder
+    (the fine-tuned encoder saw every example); ``finetune.train_accuracy`` is measured on the
+    training examples.  Nothing is stored unless every step succeeds."""
+    import shutil
+    import uuid
+
+    from models.sources import sha256_file
+
+    from . import finetune
+    from .classifiers import ENCODER_DIR, cross_validate, get_store, train_head
+
+    ft = plan.finetune
+    store = get_store(svc)
+    x_base, lab_base = await _base_embeddings(svc, plan, step, 0.08)
+    base_sha = svc.embedding.encoder(plan.model).encoder.onnx_sha256
+    work = store.root / f".finetune-{uuid.uuid4().hex}"     # dot: removed at start-up if orphaned
+    try:
+        labels = [plan.labels[int(i)] for i in plan.y]
+        folder, enc_meta = await finetune.finetune_encoder(svc, ft, plan.texts, labels, plan.seed,
+                                                           work, step, lo=0.1, hi=0.8)
+        enc = await asyncio.to_thread(finetune.load_encoder, svc, plan.model, folder, ft.precision)
+        x = (await asyncio.to_thread(enc.encode, plan.texts)).vectors
+        step(0.88)
+        lab = (await asyncio.to_thread(enc.encode, plan.label_texts)).vectors   # own call, as predict
+        setfit = enc_meta["setfit"]
+        files = {"model": enc_meta["files"][ft.precision], "tokenizer": enc_meta["files"]["tokenizer"],
+                 "meta": {"path": "meta.json", "sha256": sha256_file(folder / "meta.json")}}
+
+        def fit() -> dict[str, Any]:
+            cv = cross_validate(x_base, plan.y, plan.labels, lab_base, plan.prior_weight, plan.seed)
+            step(0.93)
+            head = train_head(x, plan.y, plan.labels, lab, plan.prior_weight, plan.seed)
+            train_acc = float((head.predict_proba(x).argmax(axis=1) == plan.y).mean())
+            meta = _classifier_meta(plan, enc.onnx_sha256, int(x.shape[1]), dict(cv, encoder="base"))
+            meta |= {"encoder": {"type": "setfit", "path": ENCODER_DIR, "base_model": plan.model,
+                                "base_sha256": base_sha, "sha256": enc.onnx_sha256,
+                                "precision": ft.precision, "dim": int(x.shape[1]), "files": files},
+                    "finetune": {"options": ft.options(), "pairs": setfit["pairs"],
+                                 "steps": setfit["steps"], "seed": plan.seed,
+                                 "loss_first": setfit.get("loss_first"),
+                                 "loss_last": setfit.get("loss_last"),
+                                 "seconds": setfit.get("seconds"),
+                                 "train_seconds": setfit.get("train_seconds"),
+                                 "export_seconds": setfit.get("export_seconds"),
+                                 "onnx_fidelity_min_cosine": setfit.get("fidelity_min_cosine"),
+                                 "train_accuracy": round(train_acc, 6),
+                                 "note": FINETUNE_CV_NOTE}}
+            return store.save(name, meta, head, encoder_dir=folder)
+
+        return describe(await asyncio.to_thread(fit))
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+
+
 def describe(meta: dict[str, Any]) -> dict[str, Any]:
     keys = ("name", "model", "labels", "examples", "examples_per_label", "head",
-            "cross_validation", "version", "created_at", "created")
+            "cross_validation", "encoder", "finetune", "version", "created_at", "created")
     return {k: meta[k] for k in keys if k in meta}
 
 
@@ -238,12 +320,21 @@ async def predict(svc: Any, name: str, texts: list[str], cut: list[bool]) -> lis
     version, so retraining invalidates them by construction."""
     from .classifiers import get_store
 
-    meta, head = await asyncio.to_thread(get_store(svc).load, name)
-    le = svc.embedding.encoder(meta["model"])
-    if le.encoder.dim != head.coef.shape[1]:
+    store = get_store(svc)
+    meta, head = await asyncio.to_thread(store.load, name)
+    own = None                 # a fine-tuned classifier's own encoder (onnxruntime, per version)
+    if meta.get("encoder"):
+        from . import finetune
+        own = await asyncio.to_thread(
+            store.encoder, name, meta,
+            lambda folder: finetune.load_encoder(svc, meta["model"], folder, meta["encoder"]["precision"]))
+        dim = own.dim
+    else:
+        dim = svc.embedding.encoder(meta["model"]).encoder.dim
+    if dim != head.coef.shape[1]:
         raise ApiError(409, "classifier_stale", f"classifier {name!r} was trained on "
                        f"{head.coef.shape[1]}-dimensional embeddings; model {meta['model']} now "
-                       f"gives {le.encoder.dim}: train it again", {"name": name})
+                       f"gives {dim}: train it again", {"name": name})
     cache = svc.cache
     keys = [cache.result_key("classifier", {"name": name, "text": t}, meta["version"])
             for t in texts] if cache is not None else []
@@ -260,8 +351,12 @@ async def predict(svc: Any, name: str, texts: list[str], cut: list[bool]) -> lis
                 pass
     todo = [i for i in range(len(texts)) if i not in probs]
     if todo:
-        emb = await svc.embedding.embed(meta["model"], [texts[i] for i in todo], [cut[i] for i in todo])
-        p = head.predict_proba(emb.vectors)
+        if own is not None:
+            vectors = (await asyncio.to_thread(own.encode, [texts[i] for i in todo])).vectors
+        else:
+            vectors = (await svc.embedding.embed(meta["model"], [texts[i] for i in todo],
+                                                 [cut[i] for i in todo])).vectors
+        p = head.predict_proba(vectors)
         fresh = {}
         for row, i in zip(p, todo):
             probs[i] = row
