@@ -100,52 +100,20 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-class Capabilities:
-    """What the server under test offers; decided once at test start (see `seed`).  When an
-    endpoint is not there (404/405), the profile sends the closest existing request instead
-    and logs it, so a profile never reports a failure for a feature the build lacks."""
-
-    collections = False
-    classify = False
-
-
 def seed(host: str, n_docs: int = SEED_DOCS, timeout_s: float = 300.0) -> None:
-    """Create the collection (idempotent) and index the first `n_docs` corpus documents; then
-    record what the server offers (`Capabilities`).  n_docs=0 only probes."""
+    """Create the collection (idempotent) and index the first `n_docs` corpus documents
+    (n_docs=0 only makes sure the collection exists)."""
     import httpx
 
     with httpx.Client(base_url=host.rstrip("/"), headers=auth_headers(), timeout=timeout_s) as c:
         body = {"model": MODEL, "index": {"type": "flat"}, "metric": "cosine"}
         r = c.put(f"/v1/collections/{COLLECTION}", json=body)
-        if _route_missing(r):
-            log.warning("no collections API on %s (HTTP %s): search/upsert fall back to similarity",
-                        host, r.status_code)
-            Capabilities.collections = False
-        else:
+        if not r.is_success:
+            raise RuntimeError(f"creating collection {COLLECTION!r} failed: {r.status_code} {r.text[:500]}")
+        docs = corpus()[:n_docs]
+        for i in range(0, len(docs), 32):
+            batch = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in docs[i:i + 32]]
+            r = c.post(f"/v1/collections/{COLLECTION}/documents", json={"documents": batch})
             if not r.is_success:
-                raise RuntimeError(f"creating collection {COLLECTION!r} failed: {r.status_code} {r.text[:500]}")
-            docs = corpus()[:n_docs]
-            for i in range(0, len(docs), 32):
-                batch = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in docs[i:i + 32]]
-                r = c.post(f"/v1/collections/{COLLECTION}/documents", json={"documents": batch})
-                if not r.is_success:
-                    raise RuntimeError(f"seeding failed: {r.status_code} {r.text[:500]}")
-            Capabilities.collections = True
-            log.info("seeded %s with %d documents", COLLECTION, len(docs))
-        r = c.post("/v1/classify", json={"texts": ["a probe"], "labels": CLASSIFY_LABELS[:2]})
-        Capabilities.classify = not _route_missing(r)
-        if not Capabilities.classify:
-            log.warning("no /v1/classify on %s: classify falls back to similarity", host)
-
-
-def _route_missing(r: Any) -> bool:
-    """404/405 from the router itself (no such endpoint), not e.g. collection_not_found."""
-    if r.status_code not in (404, 405):
-        return False
-    try:
-        data = r.json()
-    except ValueError:
-        return True
-    err = data.get("error") if isinstance(data, dict) else None
-    kind = err.get("type") if isinstance(err, dict) else None
-    return kind in (None, "not_found", "method_not_allowed")
+                raise RuntimeError(f"seeding failed: {r.status_code} {r.text[:500]}")
+        log.info("seeded %s with %d documents", COLLECTION, len(docs))

@@ -17,7 +17,7 @@ from typing import Any
 from locust import HttpUser, between, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from locustfiles.common import (CLASSIFY_LABELS, COLLECTION, MODEL, SEED_DOCS, Capabilities,  # noqa: E402
+from locustfiles.common import (CLASSIFY_LABELS, COLLECTION, MODEL, SEED_DOCS,  # noqa: E402
                                 auth_headers, corpus, query, search_body, seed, sentences,
                                 upsert_body)
 
@@ -28,7 +28,7 @@ THINK_MAX = float(os.environ.get("LOAD_THINK_MAX", "2.0"))
 @events.test_start.add_listener
 def _seed(environment: Any, **_: Any) -> None:
     # locustfiles.run seeds before starting locust (so seeding does not eat the run time) and
-    # sets LOAD_SEEDED=1; then only the cheap capability probe runs here.
+    # sets LOAD_SEEDED=1; then this only makes sure the collection exists.
     try:
         seed(environment.host, 0 if os.environ.get("LOAD_SEEDED") == "1" else SEED_DOCS)
     except Exception as exc:  # noqa: BLE001 - reported as a failed request, so the run fails
@@ -44,26 +44,10 @@ class SearchServiceUser(HttpUser):
         self.rng = random.Random()
         self.client.headers.update(auth_headers())
 
-    def _similarity(self, name: str, body: dict[str, Any] | None = None) -> None:
-        rng = self.rng
-        if body is None:
-            if rng.random() < 0.5:
-                body = {"source": query(rng), "targets": [query(rng) for _ in range(rng.randint(2, 10))]}
-            else:
-                body = {"texts_a": [query(rng) for _ in range(rng.randint(1, 4))],
-                        "texts_b": [query(rng) for _ in range(rng.randint(1, 6))]}
-        self.client.post("/v1/similarity", json={"model": MODEL, **body}, name=name)
-
     @task(60)
     def search(self) -> None:
-        body = search_body(self.rng)
-        if Capabilities.collections:
-            self.client.post(f"/v1/collections/{COLLECTION}/search", json=body,
-                             name="/v1/collections/{name}/search")
-        else:
-            self._similarity("/v1/similarity [search fallback]",
-                             {"source": body["query"], "targets": [d.text[:300] for d in
-                                                                  self.rng.sample(corpus(), 10)]})
+        self.client.post(f"/v1/collections/{COLLECTION}/search", json=search_body(self.rng),
+                         name="/v1/collections/{name}/search")
 
     @task(15)
     def embeddings(self) -> None:
@@ -72,24 +56,21 @@ class SearchServiceUser(HttpUser):
 
     @task(10)
     def similarity(self) -> None:
-        self._similarity("/v1/similarity")
+        rng = self.rng
+        if rng.random() < 0.5:
+            body = {"source": query(rng), "targets": [query(rng) for _ in range(rng.randint(2, 10))]}
+        else:
+            body = {"texts_a": [query(rng) for _ in range(rng.randint(1, 4))],
+                    "texts_b": [query(rng) for _ in range(rng.randint(1, 6))]}
+        self.client.post("/v1/similarity", json={"model": MODEL, **body}, name="/v1/similarity")
 
     @task(5)
     def classify(self) -> None:
         texts = [self.rng.choice(sentences()) for _ in range(self.rng.randint(1, 4))]
         labels = self.rng.sample(CLASSIFY_LABELS, k=self.rng.randint(2, len(CLASSIFY_LABELS)))
-        if Capabilities.classify:
-            self.client.post("/v1/classify", json={"texts": texts, "labels": labels}, name="/v1/classify")
-        else:
-            self._similarity("/v1/similarity [classify fallback]", {"texts_a": texts, "texts_b": labels})
+        self.client.post("/v1/classify", json={"texts": texts, "labels": labels}, name="/v1/classify")
 
     @task(10)
     def upsert(self) -> None:
-        body = upsert_body(self.rng)
-        if Capabilities.collections:
-            self.client.post(f"/v1/collections/{COLLECTION}/documents", json=body,
-                             name="/v1/collections/{name}/documents")
-        else:
-            self.client.post("/v1/embeddings", json={"input": [d["text"] for d in body["documents"]],
-                                                     "model": MODEL},
-                             name="/v1/embeddings [upsert fallback]")
+        self.client.post(f"/v1/collections/{COLLECTION}/documents", json=upsert_body(self.rng),
+                         name="/v1/collections/{name}/documents")

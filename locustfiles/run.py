@@ -84,7 +84,7 @@ def run_locust(args: argparse.Namespace, host: str, report_dir: Path) -> tuple[i
            "--only-summary", "--stop-timeout", "15", "--loglevel", "WARNING"]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["LOAD_SEEDED"] = "1"  # seeded above: the locustfile only probes capabilities
+    env["LOAD_SEEDED"] = "1"  # seeded above: the locustfile only checks that the collection exists
     print(f"[load] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
     log_path = report_dir / f"{args.profile}_locust.log"
     with open(log_path, "wb") as log:  # locust's own summary and warnings; tail shown on failure

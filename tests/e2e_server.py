@@ -17,8 +17,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,14 +27,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.procs import free_port, kill, terminate  # noqa: F401 (free_port: re-exported)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _LIVE: "weakref.WeakSet[ServerProcess]" = weakref.WeakSet()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerProcess:
@@ -149,21 +143,13 @@ class ServerProcess:
         lifespan shutdown, so a clean stop is -SIGTERM (or 0)."""
         if self._proc is None:
             return None
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc, timeout_s)
         return self._finish()
 
     def kill(self) -> int | None:
         if self._proc is None:
             return None
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        kill(self._proc)
         return self._finish()
 
     def restart(self, wait: bool = True) -> "ServerProcess":

@@ -15,8 +15,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from tests.procs import free_port, kill, terminate
 
 _LIVE: "weakref.WeakSet[RedisServer]" = weakref.WeakSet()
 
@@ -40,12 +40,6 @@ def find_redis_binary() -> str | None:
     return "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     """One redis-server child process; `start()` again after `stop()`/`kill()` reuses the port."""
 
@@ -55,7 +49,7 @@ class RedisServer:
         if not binary:
             raise FileNotFoundError("redis-server not found (set REDIS_SERVER_BIN)")
         self.binary = binary
-        self.port = port or _free_port()
+        self.port = port or free_port()
         if self.port == 6379:
             raise ValueError("refusing to run a test server on the machine's Redis port 6379")
         self.startup_timeout_s = startup_timeout_s
@@ -110,21 +104,13 @@ class RedisServer:
         """Graceful stop (SIGTERM; nothing to save). The port stays reserved for `start()`."""
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc, timeout_s)
         self._proc = None
 
     def kill(self) -> None:
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        kill(self._proc)
         self._proc = None
 
     def pause(self, ms: int) -> None:

@@ -113,11 +113,8 @@ async def delete_documents(body: DeleteRequest, name: str = NamePath,
              summary="Semantic search with a text or a vector; filters apply inside the search")
 async def search(body: SearchRequest, name: str = NamePath, svc: Any = Depends(state)) -> SearchResponse:
     col = _collection(svc, name)
-    body_bytes = await svc.collections.cached_search_body(col, body)
-    if body_bytes is not None:  # result-cache hit: the stored bytes are the response
-        return Response(content=body_bytes, media_type="application/json")  # type: ignore[return-value]
-    (hits,) = await svc.collections.search(col, [body], lookup=False)
-    return SearchResponse(results=hits)
+    (hits,) = await svc.collections.search(col, [body])  # JSON bytes, possibly straight from the cache
+    return _json(b'{"results":' + hits + b"}")  # type: ignore[return-value]
 
 
 @router.post("/{name}/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True,
@@ -129,7 +126,8 @@ async def search_batch(body: BatchSearchRequest, name: str = NamePath,
                        f"{len(body.searches)} searches; at most {svc.settings.max_texts_per_request}")
     col = _collection(svc, name)
     out = await svc.collections.search(col, body.searches)
-    return BatchSearchResponse(batches=[SearchResponse(results=h) for h in out])
+    return _json(b'{"batches":[' + b",".join(b'{"results":' + h + b"}" for h in out)  # type: ignore[return-value]
+                 + b"]}")
 
 
 @router.post("/{name}/recommend", response_model=SearchResponse, response_model_exclude_none=True,
@@ -142,3 +140,8 @@ async def recommend(body: RecommendRequest, name: str = NamePath, svc: Any = Dep
 def _doc(d: Any) -> DocumentOut:
     vec = d.vector.tolist() if getattr(d, "vector", None) is not None else None
     return DocumentOut(id=d.id, text=d.text, metadata=d.metadata, vector=vec)
+
+
+def _json(body: bytes) -> Response:
+    """A body already serialised as the declared response model would be (search hits)."""
+    return Response(content=body, media_type="application/json")

@@ -149,33 +149,9 @@ class CollectionService:
             out[text_idx] = emb.vectors
         return out
 
-    async def cached_search_body(self, col: Collection, req: SearchRequest) -> bytes | None:
-        """The response body of one search straight from the result cache, or None on a miss.
-
-        A hit skips decoding the cached hits into models and encoding them again: the bytes
-        stored by :meth:`search` are the hits exactly as the response serialises them."""
-        if self.cache is None:
-            return None
-        self._check_top_k(req.top_k)
-        self.check_filter(req.filter)
-        version = f"{col.uid}:{col.write_version}"
-        key = self.cache.result_key("search", {"c": col.name, "r": req.model_dump(mode="json")}, version)
-        cached = await self.cache.get_many([key], local_ttl_s=self.settings.cache_result_ttl_s)
-        raw = cached.get(key)
-        if raw is None:
-            return None
-        try:  # garbage from Redis is a miss, as in search()
-            hits = json.loads(raw)
-        except (ValueError, TypeError):
-            return None
-        if not isinstance(hits, list) or not all(isinstance(h, dict) and "id" in h and "score" in h
-                                                 for h in hits):
-            return None
-        return b'{"results":' + raw + b"}"
-
-    async def search(self, col: Collection, reqs: Sequence[SearchRequest], *,
-                     lookup: bool = True) -> list[list[Hit]]:
-        """Search; ``lookup=False`` when the caller already missed the result cache for these."""
+    async def search(self, col: Collection, reqs: Sequence[SearchRequest]) -> list[bytes]:
+        """Each request's hits as the JSON array its response carries.  A result-cache hit is
+        returned as stored, without decoding it into models and encoding it again."""
         for r in reqs:
             self._check_top_k(r.top_k)
             self.check_filter(r.filter)  # malformed / too big: 400 before any encoding
@@ -185,17 +161,12 @@ class CollectionService:
         if self.cache is not None:
             keys = [self.cache.result_key("search", {"c": col.name, "r": r.model_dump(mode="json")}, version)
                     for r in reqs]
-            if lookup:
-                cached = await self.cache.get_many(list(set(keys)),
-                                                   local_ttl_s=self.settings.cache_result_ttl_s)
-        results: list[list[Hit] | None] = [None] * len(reqs)
-        if keys:
-            for i, k in enumerate(keys):
-                if k in cached:
-                    try:
-                        results[i] = [Hit(**h) for h in json.loads(cached[k])]
-                    except (ValueError, TypeError):
-                        results[i] = None
+            cached = await self.cache.get_many(list(set(keys)),
+                                               local_ttl_s=self.settings.cache_result_ttl_s)
+        results: list[bytes | None] = [None] * len(reqs)
+        for i, k in enumerate(keys or []):
+            if k in cached and _is_hits_json(cached[k]):   # garbage from Redis is a miss
+                results[i] = cached[k]
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
             sub = [reqs[i] for i in todo]
@@ -214,13 +185,13 @@ class CollectionService:
                     found[j] = h
             to_store: dict[str, bytes] = {}
             for j, i in enumerate(todo):
-                hits = [_hit(h) for h in found[j]]
-                results[i] = hits
+                raw = json.dumps([_hit(h).model_dump(exclude_none=True) for h in found[j]]).encode()
+                results[i] = raw
                 if keys:
-                    to_store[keys[i]] = json.dumps([h.model_dump(exclude_none=True) for h in hits]).encode()
+                    to_store[keys[i]] = raw
             if to_store and self.cache is not None:
                 await self.cache.set_many(to_store, ttl_s=self.settings.cache_result_ttl_s)
-        return [r or [] for r in results]
+        return [r or b"[]" for r in results]
 
     async def recommend(self, col: Collection, req: RecommendRequest) -> list[Hit]:
         self._check_top_k(req.top_k)
@@ -228,6 +199,16 @@ class CollectionService:
                               req.min_score, "text" in req.include, "metadata" in req.include,
                               req.negative_weight)
         return [_hit(h) for h in hits]
+
+
+def _is_hits_json(raw: bytes) -> bool:
+    """A cached value is a JSON array of hit objects (anything else came from a broken Redis)."""
+    try:
+        hits = json.loads(raw)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(hits, list) and all(isinstance(h, dict) and "id" in h and "score" in h
+                                          for h in hits)
 
 
 def _hit(h: SearchHit) -> Hit:
